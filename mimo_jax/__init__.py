@@ -1,0 +1,1 @@
+"""mimo-jax: MiMo-Audio in JAX/Flax."""

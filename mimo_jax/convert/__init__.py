@@ -1,0 +1,1 @@
+"""Moving weights between our parameter trees and the official / HF PyTorch safetensors layout."""

@@ -1,0 +1,1 @@
+"""The MiMo-Audio speech LM."""

@@ -1,0 +1,122 @@
+"""Device meshes and logical-axis sharding.
+
+Code names the role of each array dimension (`embed`, `heads`, `batch`, ...); one rules table maps
+those logical axes to mesh axes. The same model code then runs on one CPU, on fake CPU devices,
+on a GPU and on a TPU pod; only the mesh flag changes.
+
+Mesh axes: `data` (pure data parallel: replicated params), `fsdp` (data parallel with params,
+grads and optimizer state sharded), `tensor` (Megatron-style sharding of heads / FFN / vocab).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axis (or axes, or None = replicated). Parameter axes come first; the
+# `activation_*` axes keep activations replicated over fsdp (FSDP shards weights, not features).
+RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("layers", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+)
+
+
+class MeshError(ValueError):
+  """A bad --mesh flag; the message quotes it."""
+
+
+def parse_mesh(flag: str, n_devices: int) -> dict[str, int]:
+  """'data:1,fsdp:-1,tensor:1' -> {'data': 1, 'fsdp': n, 'tensor': 1}; one -1 takes the rest."""
+  sizes: dict[str, int] = {}
+  for item in flag.split(","):
+    name, sep, size = item.strip().partition(":")
+    if not sep or name not in MESH_AXES:
+      raise MeshError(f"--mesh={flag!r}: expected comma-separated axis:size with axes from "
+                      f"{MESH_AXES}, got {item!r}")
+    if name in sizes:
+      raise MeshError(f"--mesh={flag!r}: axis {name!r} given twice")
+    try:
+      sizes[name] = int(size)
+    except ValueError:
+      raise MeshError(f"--mesh={flag!r}: size of {name!r} is not an integer: {size!r}") from None
+    if sizes[name] == 0 or sizes[name] < -1:
+      raise MeshError(f"--mesh={flag!r}: size of {name!r} must be positive or -1")
+  fill = [name for name, size in sizes.items() if size == -1]
+  if len(fill) > 1:
+    raise MeshError(f"--mesh={flag!r}: only one axis may be -1, got {fill}")
+  known = math.prod(size for size in sizes.values() if size != -1)
+  if fill:
+    if n_devices % known:
+      raise MeshError(f"--mesh={flag!r}: {n_devices} devices do not divide by {known}")
+    sizes[fill[0]] = n_devices // known
+  elif known != n_devices:
+    raise MeshError(f"--mesh={flag!r}: axes multiply to {known} but there are {n_devices} devices")
+  return {name: sizes.get(name, 1) for name in MESH_AXES}
+
+
+def make_mesh(flag: str = "data:1,fsdp:-1,tensor:1",
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over all (global, multi-process) devices with Auto axes for logical-rule sharding."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = parse_mesh(flag, len(devices))
+  shape = tuple(sizes[name] for name in MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def logical_to_spec(axes: Sequence[str | None]) -> PartitionSpec:
+  return nn.logical_to_mesh_axes(tuple(axes), RULES)
+
+
+def _is_axes(x: Any) -> bool:
+  return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+
+
+def named_shardings(axes_tree: Any, mesh: Mesh) -> Any:
+  """Logical axes per leaf -> NamedSharding per leaf."""
+  return jax.tree.map(lambda axes: NamedSharding(mesh, logical_to_spec(axes)), axes_tree,
+                      is_leaf=_is_axes)
+
+
+def shard_params(params: Any, axes_tree: Any, mesh: Mesh) -> Any:
+  """Places host or single-device params onto the mesh (every process passes the full values)."""
+  shardings = named_shardings(axes_tree, mesh)
+  return jax.tree.map(_put_global, params, shardings)
+
+
+def _put_global(x: Any, target: NamedSharding) -> jax.Array:
+  # device_put cannot send one process's arrays to another's devices; build each process's
+  # addressable shards from the full value instead (works single-process too).
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """with_sharding_constraint by logical axes; a no-op outside a mesh (`with jax.set_mesh(m)`)."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(axes))
+
+
+def init_sharded(specs: Any, key: jax.Array, mesh: Mesh, dtype: Any = np.float32) -> Any:
+  """Initialises parameters directly in their shards: no host ever holds the whole model."""
+  from mimo_jax.nn.params import init_params, logical_axes  # the leaf module imports nothing back
+  shardings = named_shardings(logical_axes(specs), mesh)
+  return jax.jit(lambda k: init_params(specs, k, dtype), out_shardings=shardings)(key)
