@@ -1,0 +1,17 @@
+"""Test set-up: 8 fake CPU devices for the sharding tests; paths of the shipped fixtures."""
+
+import os
+
+# Must happen before JAX initialises its backends.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
+
+DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+OFFICIAL_TINY_LM = os.path.join(DATA_DIR, "official_tiny_a", "lm")
+
+
+@pytest.fixture(scope="session")
+def official_tiny_lm_dir() -> str:
+  return OFFICIAL_TINY_LM
