@@ -5,17 +5,18 @@ Builds a ~125M-parameter Qwen2 shape with random weights, exports them with
 sdpa attention). After checking once that both give the same fp32 logits, it times full-sequence
 forward passes (tokens -> logits for every position, no KV cache) on the same batch:
 
-  ours fp32   jax.jit of `backbone.forward`, fp32 params and compute (the headline comparison)
-  ours bf16   the same with cfg.dtype="bfloat16" (params stay fp32, cast per layer)
-  torch fp32  transformers, torch.no_grad(), use_cache=False
+  ours fp32          jax.jit of `backbone.forward`, fp32 params and compute (the headline)
+  ours bf16          the same with cfg.dtype="bfloat16" (params stay fp32, cast per layer)
+  transformers fp32  torch.no_grad(), use_cache=False
 
 The three are timed in interleaved rounds (one call of each per round) so that they share the same
-minutes of machine time; medians over the timed rounds are reported. Results go to
-experiments/results/backbone_cpu.{json,md}.
+minutes of machine time. The machine may be shared, so each call also records how much CPU other
+processes (and the hypervisor) took meanwhile; medians are over the calls where that was under 5%
+of the machine. Results go to experiments/results/backbone_cpu.{json,md}.
 
 Run from the repository root:
 
-  python experiments/bench/backbone_cpu.py [--batch 4 --seq 512 --warmup 2 --repeats 5]
+  python experiments/bench/backbone_cpu.py [--batch 4 --seq 512 --warmup 2 --repeats 8]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import sys
@@ -50,6 +52,10 @@ MAX_LOGIT_DIFF = 1e-3
 # Noise added to every initial tensor: biases (init 0) and norm gains (init 1) become non-trivial
 # and weights grow from std 0.02 to ~0.054, so attention is far from uniform.
 PERTURB_STD = 0.05
+# A call is "clean" if other processes and steal took at most this share of the machine's CPU.
+CLEAN_SHARE = 0.05
+# Fewer clean calls than this per run and the results are flagged as unreliable.
+MIN_CLEAN_CALLS = 3
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,7 +63,7 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--seq", type=int, default=512)
   parser.add_argument("--warmup", type=int, default=2, help="untimed rounds after compilation")
-  parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+  parser.add_argument("--repeats", type=int, default=8, help="timed rounds")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--results-dir", default=RESULTS_DIR)
   return parser.parse_args()
@@ -92,7 +98,8 @@ def load_torch_model(params: dict, cfg: MimoAudioConfig) -> torch.nn.Module:
   return model.eval()
 
 
-def jax_forward(params: dict, cfg: MimoAudioConfig, tokens_bt: jax.Array) -> Callable[[], np.ndarray]:
+def jax_forward(params: dict, cfg: MimoAudioConfig,
+                tokens_bt: jax.Array) -> Callable[[], jax.Array]:
   """Compiles forward for these shapes; returns a call that runs it to completion."""
   fn = jax.jit(lambda p, t: backbone.forward(p, cfg, tokens_bt=t)[0])
   compiled = fn.lower(params, tokens_bt).compile()
@@ -120,27 +127,60 @@ def check_same_logits(ours: Callable, theirs: Callable) -> dict:
   return {"max_abs_diff": diff, "max_abs_logit": scale, "tolerance": MAX_LOGIT_DIFF}
 
 
-def time_interleaved(calls: dict[str, Callable], warmup: int, repeats: int) -> dict[str, list]:
-  """Seconds per call of each entry, calling each once per round, in the same order."""
-  times: dict[str, list] = {name: [] for name in calls}
+def cpu_seconds() -> dict[str, float]:
+  """Machine-wide busy and steal CPU-seconds (from /proc/stat), this process's own, wall time."""
+  with open("/proc/stat") as f:
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+  hz = os.sysconf("SC_CLK_TCK")
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz,
+          "own": usage.ru_utime + usage.ru_stime, "wall": time.perf_counter()}
+
+
+def timed_call(call: Callable) -> dict[str, float]:
+  """Wall seconds of one call, and the CPU-seconds other processes and the hypervisor took
+  meanwhile (this machine is shared, so a call can be slowed by work that is not ours)."""
+  before = cpu_seconds()
+  call()
+  after = cpu_seconds()
+  delta = {k: after[k] - before[k] for k in before}
+  return {"s": delta["wall"], "others_cpu_s": max(0.0, delta["busy"] - delta["own"]) +
+          delta["steal"]}
+
+
+def is_clean(run: dict[str, float], cores: int) -> bool:
+  return run["others_cpu_s"] <= CLEAN_SHARE * run["s"] * cores
+
+
+def run_note(run: dict[str, float], cores: int) -> str:
+  note = "" if is_clean(run, cores) else f" (others took {run['others_cpu_s']:.1f} CPU-s)"
+  return f"{run['s']:.2f}s{note}"
+
+
+def time_interleaved(calls: dict[str, Callable], warmup: int, repeats: int,
+                     cores: int) -> dict[str, list]:
+  """Timed calls of each entry, calling each once per round, in the same order every round."""
+  runs: dict[str, list] = {name: [] for name in calls}
   for round_ in range(warmup + repeats):
-    this_round = {}
-    for name, call in calls.items():
-      start = time.perf_counter()
-      call()
-      this_round[name] = time.perf_counter() - start
+    this_round = {name: timed_call(call) for name, call in calls.items()}
     if round_ >= warmup:
-      for name, elapsed in this_round.items():
-        times[name].append(elapsed)
+      for name, run in this_round.items():
+        runs[name].append(run)
     print(f"round {round_ + 1}/{warmup + repeats}" + (" (warm-up)" if round_ < warmup else "")
-          + ": " + ", ".join(f"{name} {t:.2f}s" for name, t in this_round.items()))
-  return times
+          + ": " + ", ".join(f"{name} {run_note(run, cores)}" for name, run in this_round.items()))
+  return runs
 
 
-def summarise(times: dict[str, list], tokens: int) -> dict[str, dict]:
-  return {name: {"median_s": statistics.median(ts), "min_s": min(ts),
-                 "tokens_per_s": tokens / statistics.median(ts), "times_s": ts}
-          for name, ts in times.items()}
+def summarise(runs: dict[str, list], tokens: int, cores: int) -> dict[str, dict]:
+  """Median and min over the uncontended calls (over all calls if none was uncontended)."""
+  out = {}
+  for name, name_runs in runs.items():
+    clean = [run["s"] for run in name_runs if is_clean(run, cores)]
+    times = clean or [run["s"] for run in name_runs]
+    out[name] = {"median_s": statistics.median(times), "min_s": min(times),
+                 "tokens_per_s": tokens / statistics.median(times), "clean_calls": len(clean),
+                 "calls": name_runs}
+  return out
 
 
 def machine_info() -> dict:
@@ -172,7 +212,8 @@ def versions() -> dict:
 
 
 def markdown(report: dict) -> str:
-  r, m, v = report["results"], report["machine"], report["versions"]
+  r, m, v, c = report["results"], report["machine"], report["versions"], report["config"]
+  check = report["logit_check"]
   lines = [
       "# Backbone forward throughput on CPU: mimo_jax vs transformers",
       "",
@@ -180,30 +221,33 @@ def markdown(report: dict) -> str:
       f"{m['cores']} cores, {'KVM guest' if m['hypervisor'] else 'bare metal'}; "
       f"SIMD: {' '.join(m['simd_flags'])}. Run {report['date']}.",
       "",
-      f"Qwen2 shape, {report['param_count']:,} parameters "
-      f"(hidden {report['config']['hidden_size']}, {report['config']['num_hidden_layers']} layers, "
-      f"{report['config']['num_attention_heads']} heads / {report['config']['num_key_value_heads']} "
-      f"KV heads, head_dim {report['config']['head_dim']}, FFN "
-      f"{report['config']['intermediate_size']}, vocab {report['config']['vocab_size']}). "
-      f"Batch {report['batch']} x {report['seq']} tokens, full-sequence forward to logits, "
-      f"no KV cache. {report['warmup']} warm-up + {report['repeats']} timed interleaved rounds; "
-      "median reported.",
+      f"Qwen2 shape, {report['param_count']:,} parameters (hidden {c['hidden_size']}, "
+      f"{c['num_hidden_layers']} layers, {c['num_attention_heads']} heads / "
+      f"{c['num_key_value_heads']} KV heads, head_dim {c['head_dim']}, FFN "
+      f"{c['intermediate_size']}, vocab {c['vocab_size']}). Batch {report['batch']} x "
+      f"{report['seq']} tokens, full-sequence forward to logits, no KV cache. "
+      f"{report['warmup']} warm-up + {report['repeats']} timed interleaved rounds.",
       "",
-      "| run | median s/forward | min s | tokens/s |",
-      "|---|---:|---:|---:|",
-      *(f"| {name} | {x['median_s']:.3f} | {x['min_s']:.3f} | {x['tokens_per_s']:.0f} |"
-        for name, x in r.items()),
+      "| run | median s/forward | min s | tokens/s (median) | clean calls |",
+      "|---|---:|---:|---:|---:|",
+      *(f"| {name} | {x['median_s']:.3f} | {x['min_s']:.3f} | {x['tokens_per_s']:.0f} | "
+        f"{x['clean_calls']}/{len(x['calls'])} |" for name, x in r.items()),
       "",
       f"**Headline (fp32 vs fp32): ours / transformers = {report['ratio_fp32']:.2f}x** "
       "tokens/s (>1: ours faster).",
       f"Ours bf16 / transformers fp32 = {report['ratio_bf16_vs_torch_fp32']:.2f}x.",
       "",
+      f"Median and min are over the clean calls: those during which other processes and "
+      f"hypervisor steal took at most {CLEAN_SHARE:.0%} of the machine's CPU time (this machine "
+      "is shared; the json lists every call with the CPU-seconds others took)."
+      + ("" if report["reliable"] else
+         f" **Fewer than {MIN_CLEAN_CALLS} clean calls for some run: these numbers are not "
+         "reliable.**"),
+      "",
       f"Same-computation check (fp32, timed batch): max |logit diff| = "
-      f"{report['logit_check']['max_abs_diff']:.2e} (max |logit| "
-      f"{report['logit_check']['max_abs_logit']:.2f}).",
+      f"{check['max_abs_diff']:.2e} (max |logit| {check['max_abs_logit']:.2f}).",
       f"JAX compile time: fp32 {report['compile_s']['ours fp32']:.1f}s, "
       f"bf16 {report['compile_s']['ours bf16']:.1f}s (not in the timings).",
-      "",
       f"Threads: torch {m['torch_num_threads']} intra-op / {m['torch_num_interop_threads']} "
       f"inter-op; XLA CPU uses its default pool over the {m['cores_usable']} usable cores. "
       f"Env: {m['env']}.",
@@ -214,6 +258,35 @@ def markdown(report: dict) -> str:
       "",
   ]
   return "\n".join(lines)
+
+
+def build_calls(cfg: MimoAudioConfig, params: dict, model: torch.nn.Module,
+                tokens_bt: np.ndarray) -> tuple[dict[str, Callable], dict[str, float]]:
+  """The three forward calls, and the compile seconds of the two jax ones."""
+  compile_s, calls = {}, {}
+  for name, run_cfg in (("ours fp32", cfg), ("ours bf16", cfg.replace(dtype="bfloat16"))):
+    start = time.perf_counter()
+    calls[name] = jax_forward(params, run_cfg, jnp.asarray(tokens_bt))
+    compile_s[name] = time.perf_counter() - start
+  calls["transformers fp32"] = torch_forward(model, tokens_bt)
+  return calls, compile_s
+
+
+def print_table(results: dict[str, dict]) -> None:
+  print(f"\n{'run':<20} {'median s':>9} {'min s':>8} {'tokens/s':>9} {'clean':>6}")
+  for name, x in results.items():
+    print(f"{name:<20} {x['median_s']:>9.3f} {x['min_s']:>8.3f} {x['tokens_per_s']:>9.0f} "
+          f"{x['clean_calls']:>3}/{len(x['calls'])}")
+
+
+def write_results(report: dict, results_dir: str) -> None:
+  os.makedirs(results_dir, exist_ok=True)
+  with open(os.path.join(results_dir, "backbone_cpu.json"), "w") as f:
+    json.dump(report, f, indent=2)
+    f.write("\n")
+  with open(os.path.join(results_dir, "backbone_cpu.md"), "w") as f:
+    f.write(markdown(report))
+  print(f"wrote {os.path.normpath(results_dir)}/backbone_cpu.{{json,md}}")
 
 
 def main() -> None:
@@ -229,19 +302,13 @@ def main() -> None:
 
   tokens_bt = np.random.default_rng(args.seed).integers(
       0, cfg.vocab_size, (args.batch, args.seq), dtype=np.int32)
-  compile_s, calls = {}, {}
-  for name, run_cfg in (("ours fp32", cfg), ("ours bf16", cfg.replace(dtype="bfloat16"))):
-    start = time.perf_counter()
-    calls[name] = jax_forward(params, run_cfg, jnp.asarray(tokens_bt))
-    compile_s[name] = time.perf_counter() - start
-  calls["transformers fp32"] = torch_forward(model, tokens_bt)
-
+  calls, compile_s = build_calls(cfg, params, model, tokens_bt)
   logit_check = check_same_logits(calls["ours fp32"], calls["transformers fp32"])
-  times = time_interleaved(calls, args.warmup, args.repeats)
-  results = summarise(times, args.batch * args.seq)
-  ratio_fp32 = results["ours fp32"]["tokens_per_s"] / results["transformers fp32"]["tokens_per_s"]
-  ratio_bf16 = results["ours bf16"]["tokens_per_s"] / results["transformers fp32"]["tokens_per_s"]
-
+  cores = len(os.sched_getaffinity(0))
+  runs = time_interleaved(calls, args.warmup, args.repeats, cores)
+  results = summarise(runs, args.batch * args.seq, cores)
+  reliable = all(x["clean_calls"] >= MIN_CLEAN_CALLS for x in results.values())
+  torch_tps = results["transformers fp32"]["tokens_per_s"]
   report = {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "command": shlex.join(["python", *sys.argv]),
@@ -251,24 +318,19 @@ def main() -> None:
                           "rope_theta", "rms_norm_eps", "param_dtype")},
       "param_count": n_params, "batch": args.batch, "seq": args.seq, "warmup": args.warmup,
       "repeats": args.repeats, "seed": args.seed, "perturb_std": PERTURB_STD,
-      "logit_check": logit_check, "compile_s": compile_s, "results": results,
-      "ratio_fp32": ratio_fp32, "ratio_bf16_vs_torch_fp32": ratio_bf16,
+      "clean_share": CLEAN_SHARE, "reliable": reliable, "logit_check": logit_check,
+      "compile_s": compile_s, "results": results,
+      "ratio_fp32": results["ours fp32"]["tokens_per_s"] / torch_tps,
+      "ratio_bf16_vs_torch_fp32": results["ours bf16"]["tokens_per_s"] / torch_tps,
       "machine": machine_info(), "versions": versions(),
   }
-  print()
-  print(f"{'run':<20} {'median s':>9} {'min s':>8} {'tokens/s':>9}")
-  for name, x in results.items():
-    print(f"{name:<20} {x['median_s']:>9.3f} {x['min_s']:>8.3f} {x['tokens_per_s']:>9.0f}")
-  print(f"ours / transformers (fp32 vs fp32): {ratio_fp32:.2f}x; ours bf16 / transformers fp32: "
-        f"{ratio_bf16:.2f}x")
-
-  os.makedirs(args.results_dir, exist_ok=True)
-  with open(os.path.join(args.results_dir, "backbone_cpu.json"), "w") as f:
-    json.dump(report, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(args.results_dir, "backbone_cpu.md"), "w") as f:
-    f.write(markdown(report))
-  print(f"wrote {os.path.normpath(args.results_dir)}/backbone_cpu.{{json,md}}")
+  print_table(results)
+  print(f"ours / transformers (fp32 vs fp32): {report['ratio_fp32']:.2f}x; ours bf16 / "
+        f"transformers fp32: {report['ratio_bf16_vs_torch_fp32']:.2f}x")
+  if not reliable:
+    print(f"WARNING: fewer than {MIN_CLEAN_CALLS} uncontended calls for some run; the machine "
+          "was busy with other work, rerun when it is quiet")
+  write_results(report, args.results_dir)
 
 
 if __name__ == "__main__":

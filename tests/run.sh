@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs the project and its test dependencies into ./.venv from scratch, then runs the suite.
+# Usage: bash tests/run.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+# The pinned CPU torch goes in first so that transformers never pulls a CUDA build.
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[test]"
+exec .venv/bin/python -m pytest "$@"
