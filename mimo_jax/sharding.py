@@ -18,6 +18,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from mimo_jax.nn.params import init_params, logical_axes
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis -> mesh axis (or axes, or None = replicated). Parameter axes come first; the
@@ -117,6 +119,5 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 def init_sharded(specs: Any, key: jax.Array, mesh: Mesh, dtype: Any = np.float32) -> Any:
   """Initialises parameters directly in their shards: no host ever holds the whole model."""
-  from mimo_jax.nn.params import init_params, logical_axes  # the leaf module imports nothing back
   shardings = named_shardings(logical_axes(specs), mesh)
   return jax.jit(lambda k: init_params(specs, k, dtype), out_shardings=shardings)(key)
