@@ -263,6 +263,47 @@ def mimo_audio_7b(**changes: Any) -> MimoAudioConfig:
 
 PRESETS = {"tiny": tiny, "7b": mimo_audio_7b}
 
+PHASES = ("understanding", "generation", "sft")
+# Loss weights of the text channel and the 8 audio channels (spec §5.1): phase 1 trains on text
+# only, so its patch decoder is never run.
+PHASE_LOSS_WEIGHTS = {
+    "understanding": (1, 0, 0, 0, 0, 0, 0, 0, 0),
+    "generation": (100, 12, 8, 6, 4, 2, 2, 1, 1),
+    "sft": (100, 12, 8, 6, 4, 2, 2, 1, 1),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """How the single next-token objective is weighted (spec §5.1, §10)."""
+
+  phase: str = "generation"
+  # Text channel first, then one weight per audio channel; None takes the phase's weights.
+  channel_weights: tuple[float, ...] | None = None
+  # Weight of text targets that are <|empty|> (the "an audio patch comes next" token).
+  empty_loss_weight: float = 0.01
+  # Positions per chunk of the text cross-entropy (0: one chunk). Chunks are rematerialised, so
+  # the [positions, vocab] fp32 logits are never held whole.
+  text_chunk_size: int = 0
+
+  def __post_init__(self):
+    _check(self.phase in PHASES, "phase", f"must be one of {PHASES}, got {self.phase!r}")
+    weights = self.weights
+    _check(all(w >= 0 for w in weights) and weights[0] > 0, "channel_weights",
+           f"needs non-negative weights with a positive text weight, got {weights}")
+    _check(0 <= self.empty_loss_weight <= 1, "empty_loss_weight",
+           f"must be in [0, 1], got {self.empty_loss_weight}")
+    _check(self.text_chunk_size >= 0, "text_chunk_size",
+           f"must be >= 0, got {self.text_chunk_size}")
+
+  @property
+  def weights(self) -> tuple[float, ...]:
+    return PHASE_LOSS_WEIGHTS[self.phase] if self.channel_weights is None else self.channel_weights
+
+  @property
+  def trains_audio(self) -> bool:
+    return any(w > 0 for w in self.weights[1:])
+
 
 def preset(name: str, **changes: Any) -> MimoAudioConfig:
   if name not in PRESETS:

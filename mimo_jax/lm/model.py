@@ -1,0 +1,144 @@
+"""MiMo-Audio: the patch encoder, the Qwen2 backbone and the delayed patch decoder.
+
+Axis letters: b batch, p LLM positions (one text token or one audio patch each), g frames of a
+patch (group_size = 4), c audio channels (RVQ codebooks), s delayed decoder steps (g + max delay),
+n patches flattened over batch and positions, d widths, v vocabularies.
+
+A batch holds `input_ids` in the official [b, 1 + c, g * p] layout (spec §2.2): row 0 carries the
+text token of position p at column g * p; rows 1..c carry the g frames of patch p. Positions whose
+text token is `<|empty|>` are audio patches; all others are text.
+
+Params mirror the official module tree (`model.*`, `lm_head`, `input_local_transformer.*`,
+`local_transformer.*`, `speech_embeddings.N`, `local_transformer_lm_heads.N`,
+`speech_group_downcast`, `hidden_states_downcast`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mimo_jax import sharding
+from mimo_jax.config import MimoAudioConfig
+from mimo_jax.lm import backbone
+from mimo_jax.nn.params import ParamSpec
+from mimo_jax.nn.stack import stack_forward, stack_param_specs
+
+
+def param_specs(cfg: MimoAudioConfig) -> dict:
+  enc, dec, g = cfg.patch_encoder, cfg.patch_decoder, cfg.group_size
+  specs = backbone.param_specs(cfg)
+  specs.update(
+      input_local_transformer=stack_param_specs(enc),
+      local_transformer=stack_param_specs(dec),
+      # The tables are shared: the patch encoder reads them, the patch decoder feeds them back.
+      speech_embeddings=[{"embedding": ParamSpec((v, enc.d_model), ("audio_vocab", "embed"))}
+                         for v in cfg.speech_vocab_size],
+      local_transformer_lm_heads=[{"kernel": ParamSpec((dec.d_model, v), ("embed", "audio_vocab"))}
+                                  for v in cfg.speech_vocab_size],
+      speech_group_downcast={"kernel": ParamSpec((g * enc.d_model, cfg.hidden_size),
+                                                 ("mlp", "embed"))},
+      hidden_states_downcast={"kernel": ParamSpec((cfg.hidden_size, dec.d_model),
+                                                  ("embed", "mlp"))},
+  )
+  if enc.d_model != dec.d_model:  # the official model adds this projection only then
+    specs["speech_embeddings_to_local"] = {"kernel": ParamSpec((enc.d_model, dec.d_model),
+                                                               ("embed", "mlp"))}
+  return specs
+
+
+def split_channels(input_ids_bcl: jax.Array, cfg: MimoAudioConfig) -> tuple[jax.Array, jax.Array]:
+  """[b, 1 + c, g * p] -> text tokens [b, p] and codes [b, p, g, c]."""
+  b, _, length = input_ids_bcl.shape
+  g, c = cfg.group_size, cfg.audio_channels
+  text_bp = input_ids_bcl[:, 0, ::g]
+  codes_bpgc = input_ids_bcl[:, 1:, :].reshape(b, c, length // g, g).transpose(0, 2, 3, 1)
+  return text_bp, codes_bpgc
+
+
+def speech_embedding_sum(params: dict, codes_ngc: jax.Array, keep_ngc: jax.Array,
+                         cfg: MimoAudioConfig) -> jax.Array:
+  """Sum over channels of each kept channel's code embedding: [..., c] -> [..., d]."""
+  total = 0
+  for ch, table in enumerate(params["speech_embeddings"]):
+    emb = jnp.take(table["embedding"], codes_ngc[..., ch], axis=0).astype(cfg.dtype)
+    total = total + jnp.where(keep_ngc[..., ch, None], emb, 0)
+  return total
+
+
+def is_code(codes_ngc: jax.Array, cfg: MimoAudioConfig) -> jax.Array:
+  """False where a channel holds its empty id. The official model masks those rather than
+  trusting the (padding) table rows to be zero."""
+  return codes_ngc != jnp.asarray(cfg.speech_zeroemb_idx, codes_ngc.dtype)
+
+
+def input_embeds(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array,
+                 empty_id: int) -> jax.Array:
+  """Backbone input [b, p, d]: text embedding at text positions, encoded patch at audio ones."""
+  text_bp, codes_bpgc = split_channels(input_ids_bcl, cfg)
+  b, p, g, _ = codes_bpgc.shape
+  is_audio_bp11 = (text_bp == empty_id)[:, :, None, None]
+  frames_bpgd = speech_embedding_sum(params, codes_bpgc, is_code(codes_bpgc, cfg), cfg)
+  frames_bpgd = jnp.where(is_audio_bp11, frames_bpgd, 0)
+  encoded_ngd, _ = stack_forward(params["input_local_transformer"],
+                                 frames_bpgd.reshape(b * p, g, -1), cfg.patch_encoder)
+  encoded_bpgd = jnp.where(is_audio_bp11, encoded_ngd.reshape(b, p, g, -1), 0)
+  # Frame-major concatenation of the g frame vectors, as the official view(b, p, -1).
+  patch_bpd = jnp.einsum("bpe,ed->bpd", encoded_bpgd.reshape(b, p, -1),
+                         params["speech_group_downcast"]["kernel"].astype(cfg.dtype))
+  text_bpd = jnp.where(is_audio_bp11[..., 0], 0, backbone.embed_tokens(params, text_bp, cfg))
+  return sharding.constrain(text_bpd + patch_bpd, ("batch", "length", "activation_embed"))
+
+
+def forward(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array, empty_id: int, *,
+            positions_bp: jax.Array | None = None,
+            segment_ids_bp: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Backbone hidden states [b, p, d] and the patch decoder's conditioning [b, p, d_local].
+
+  Row p of both drives the prediction of position p + 1: its text token through `lm_head`
+  (`backbone.text_logits`), and its patch through the patch decoder.
+  """
+  x_bpd = input_embeds(params, cfg, input_ids_bcl, empty_id)
+  hidden_bpd, _ = backbone.hidden_states(params, cfg, embeds_btd=x_bpd, positions_bt=positions_bp,
+                                         segment_ids_bt=segment_ids_bp)
+  local_cond_bpd = jnp.einsum("bpd,de->bpe", hidden_bpd,
+                              params["hidden_states_downcast"]["kernel"].astype(cfg.dtype))
+  return {"hidden": hidden_bpd, "local_cond": local_cond_bpd}
+
+
+def delay_schedule(cfg: MimoAudioConfig) -> tuple[np.ndarray, np.ndarray]:
+  """Which frame each channel emits at each decoder step: frame_sc [s, c] and valid_sc [s, c].
+
+  Channel r emits frame t - delay_r at step t while 0 <= t - delay_r < g (spec §3.4).
+  """
+  steps = cfg.group_size + max(cfg.delay_pattern)
+  frame_sc = np.arange(steps)[:, None] - np.asarray(cfg.delay_pattern)[None, :]
+  valid_sc = (frame_sc >= 0) & (frame_sc < cfg.group_size)
+  return frame_sc, valid_sc
+
+
+def patch_decoder_logits(params: dict, cfg: MimoAudioConfig, local_cond_nd: jax.Array,
+                         codes_ngc: jax.Array) -> list[jax.Array]:
+  """Teacher-forced patch decoder: per channel, logits [n, g, v_c] for each frame of the patch.
+
+  Step 0 reads the conditioning vector; step t + 1 reads the sum of the embeddings of the codes
+  emitted at step t. One causal pass over all steps equals the official step-by-step decoding.
+  """
+  frame_sc, valid_sc = delay_schedule(cfg)
+  delayed_nsc = codes_ngc[:, np.clip(frame_sc, 0, cfg.group_size - 1),
+                          np.arange(cfg.audio_channels)]
+  emitted_nsd = speech_embedding_sum(params, delayed_nsc, np.broadcast_to(
+      valid_sc, delayed_nsc.shape), cfg)
+  if "speech_embeddings_to_local" in params:
+    emitted_nsd = jnp.einsum("nse,ed->nsd", emitted_nsd,
+                             params["speech_embeddings_to_local"]["kernel"].astype(cfg.dtype))
+  steps_nsd = jnp.concatenate([local_cond_nd[:, None].astype(cfg.dtype), emitted_nsd[:, :-1]],
+                              axis=1)
+  out_nsd, _ = stack_forward(params["local_transformer"], steps_nsd, cfg.patch_decoder)
+  logits = []
+  for ch, (head, delay) in enumerate(zip(params["local_transformer_lm_heads"], cfg.delay_pattern)):
+    out_ngd = out_nsd[:, delay:delay + cfg.group_size]
+    logits.append(jnp.einsum("ngd,dv->ngv", out_ngd, head["kernel"].astype(cfg.dtype),
+                             preferred_element_type=jnp.float32))
+  return logits
