@@ -93,18 +93,19 @@ def input_embeds(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array,
 
 def forward(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array, empty_id: int, *,
             positions_bp: jax.Array | None = None,
-            segment_ids_bp: jax.Array | None = None) -> dict[str, jax.Array]:
-  """Backbone hidden states [b, p, d] and the patch decoder's conditioning [b, p, d_local].
-
-  Row p of both drives the prediction of position p + 1: its text token through `lm_head`
-  (`backbone.text_logits`), and its patch through the patch decoder.
-  """
+            segment_ids_bp: jax.Array | None = None) -> jax.Array:
+  """Backbone hidden states [b, p, d]. Row p drives the prediction of position p + 1: its text
+  token through `backbone.text_logits`, its patch through `local_cond` + the patch decoder."""
   x_bpd = input_embeds(params, cfg, input_ids_bcl, empty_id)
   hidden_bpd, _ = backbone.hidden_states(params, cfg, embeds_btd=x_bpd, positions_bt=positions_bp,
                                          segment_ids_bt=segment_ids_bp)
-  local_cond_bpd = jnp.einsum("bpd,de->bpe", hidden_bpd,
-                              params["hidden_states_downcast"]["kernel"].astype(cfg.dtype))
-  return {"hidden": hidden_bpd, "local_cond": local_cond_bpd}
+  return hidden_bpd
+
+
+def local_cond(params: dict, cfg: MimoAudioConfig, hidden_bpd: jax.Array) -> jax.Array:
+  """The patch decoder's step-0 input [b, p, d_local]."""
+  return jnp.einsum("bpd,de->bpe", hidden_bpd,
+                    params["hidden_states_downcast"]["kernel"].astype(cfg.dtype))
 
 
 def delay_schedule(cfg: MimoAudioConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -118,12 +119,12 @@ def delay_schedule(cfg: MimoAudioConfig) -> tuple[np.ndarray, np.ndarray]:
   return frame_sc, valid_sc
 
 
-def patch_decoder_logits(params: dict, cfg: MimoAudioConfig, local_cond_nd: jax.Array,
-                         codes_ngc: jax.Array) -> list[jax.Array]:
-  """Teacher-forced patch decoder: per channel, logits [n, g, v_c] for each frame of the patch.
+def decoder_inputs(params: dict, cfg: MimoAudioConfig, local_cond_nd: jax.Array,
+                   codes_ngc: jax.Array) -> jax.Array:
+  """Teacher-forced patch-decoder inputs [n, s, d_local] for patches with known codes.
 
   Step 0 reads the conditioning vector; step t + 1 reads the sum of the embeddings of the codes
-  emitted at step t. One causal pass over all steps equals the official step-by-step decoding.
+  emitted at step t (the same tables the patch encoder reads).
   """
   frame_sc, valid_sc = delay_schedule(cfg)
   delayed_nsc = codes_ngc[:, np.clip(frame_sc, 0, cfg.group_size - 1),
@@ -133,11 +134,20 @@ def patch_decoder_logits(params: dict, cfg: MimoAudioConfig, local_cond_nd: jax.
   if "speech_embeddings_to_local" in params:
     emitted_nsd = jnp.einsum("nse,ed->nsd", emitted_nsd,
                              params["speech_embeddings_to_local"]["kernel"].astype(cfg.dtype))
-  steps_nsd = jnp.concatenate([local_cond_nd[:, None].astype(cfg.dtype), emitted_nsd[:, :-1]],
-                              axis=1)
+  return jnp.concatenate([local_cond_nd[:, None].astype(cfg.dtype), emitted_nsd[:, :-1]], axis=1)
+
+
+def patch_decoder_logits(params: dict, cfg: MimoAudioConfig, local_cond_nd: jax.Array,
+                         codes_ngc: jax.Array) -> list[jax.Array]:
+  """Teacher-forced patch decoder: per channel, logits [n, g, v_c] (fp32) for each frame.
+
+  Channel r's frame f is read at step f + delay_r. One causal pass over all steps equals the
+  official step-by-step decoding with a fresh cache per patch.
+  """
+  steps_nsd = decoder_inputs(params, cfg, local_cond_nd, codes_ngc)
   out_nsd, _ = stack_forward(params["local_transformer"], steps_nsd, cfg.patch_decoder)
   logits = []
-  for ch, (head, delay) in enumerate(zip(params["local_transformer_lm_heads"], cfg.delay_pattern)):
+  for head, delay in zip(params["local_transformer_lm_heads"], cfg.delay_pattern):
     out_ngd = out_nsd[:, delay:delay + cfg.group_size]
     logits.append(jnp.einsum("ngd,dv->ngv", out_ngd, head["kernel"].astype(cfg.dtype),
                              preferred_element_type=jnp.float32))

@@ -12,7 +12,7 @@ import transformers
 
 from mimo_jax import config
 from mimo_jax.convert.hf import export_checkpoint, import_checkpoint
-from mimo_jax.convert.names import ConversionError, official_names, to_official
+from mimo_jax.convert.names import ConversionError, official_shapes, to_official
 from mimo_jax.convert.safetensors_io import (INDEX_FILE, CheckpointPathError, SafetensorsReader,
                                              save_safetensors)
 from mimo_jax.lm import backbone
@@ -29,7 +29,7 @@ def _assert_bit_identical(a, b):
 
 
 def test_names_are_the_official_qwen2_names():
-  names = official_names(backbone.param_specs(CFG))
+  names = set(official_shapes(backbone.param_specs(CFG)))
   assert "model.embed_tokens.weight" in names and "lm_head.weight" in names
   assert "model.layers.1.self_attn.q_proj.bias" in names
   assert "model.layers.0.mlp.down_proj.weight" in names and "model.norm.weight" in names
