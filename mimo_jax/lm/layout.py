@@ -1,4 +1,4 @@
-"""The MiMo-Audio sequence layout: build `[1 + C, G * P]` id arrays from segments, and read them back.
+"""The MiMo-Audio sequence layout: `[1 + C, G * P]` id arrays built from segments and read back.
 
 One sample is an int32 array with one text row and C audio rows (spec §2.2). Every LLM position p
 owns the G columns `G*p .. G*p + G-1`:
