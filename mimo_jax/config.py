@@ -82,6 +82,11 @@ class MimoAudioConfig:
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  # The official code sums the 8 speech embeddings into a bfloat16 buffer whatever the model
+  # dtype, so its patch encoder sees bf16 inputs. True reproduces that bit for bit (to match the
+  # released PyTorch code's fp32 outputs); False (default) sums in the compute dtype, the
+  # computation the model defines, which an fp32 run then carries out without the rounding.
+  official_bf16_speech_sum: bool = False
 
   def __post_init__(self):
     for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -197,7 +202,7 @@ class MimoAudioConfig:
     return dataclasses.replace(self, **changes)
 
 
-_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "remat_policy"})
+_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "remat_policy", "official_bf16_speech_sum"})
 _REQUIRED_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                   "intermediate_size", "vocab_size")
 

@@ -58,12 +58,13 @@ def split_channels(input_ids_bcl: jax.Array, cfg: MimoAudioConfig) -> tuple[jax.
 
 
 def speech_embedding_sum(params: dict, codes_ngc: jax.Array, keep_ngc: jax.Array,
-                         cfg: MimoAudioConfig) -> jax.Array:
-  """Sum over channels of each kept channel's code embedding: [..., c] -> [..., d]."""
-  total = 0
+                         cfg: MimoAudioConfig, accum_dtype=None) -> jax.Array:
+  """Sum over channels (in channel order) of each kept channel's code embedding: [..., c] ->
+  [..., d], accumulated in accum_dtype (default: the compute dtype)."""
+  total = jnp.zeros((), accum_dtype or cfg.dtype)
   for ch, table in enumerate(params["speech_embeddings"]):
     emb = jnp.take(table["embedding"], codes_ngc[..., ch], axis=0).astype(cfg.dtype)
-    total = total + jnp.where(keep_ngc[..., ch, None], emb, 0)
+    total = (total + jnp.where(keep_ngc[..., ch, None], emb, 0)).astype(total.dtype)
   return total
 
 
@@ -79,10 +80,13 @@ def input_embeds(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array,
   text_bp, codes_bpgc = split_channels(input_ids_bcl, cfg)
   b, p, g, _ = codes_bpgc.shape
   is_audio_bp11 = (text_bp == empty_id)[:, :, None, None]
-  frames_bpgd = speech_embedding_sum(params, codes_bpgc, is_code(codes_bpgc, cfg), cfg)
+  official_dtype = jnp.bfloat16 if cfg.official_bf16_speech_sum else None
+  frames_bpgd = speech_embedding_sum(params, codes_bpgc, is_code(codes_bpgc, cfg), cfg,
+                                     accum_dtype=official_dtype)
   frames_bpgd = jnp.where(is_audio_bp11, frames_bpgd, 0)
   encoded_ngd, _ = stack_forward(params["input_local_transformer"],
-                                 frames_bpgd.reshape(b * p, g, -1), cfg.patch_encoder)
+                                 frames_bpgd.reshape(b * p, g, -1), cfg.patch_encoder,
+                                 torch_input_dtype=official_dtype)
   encoded_bpgd = jnp.where(is_audio_bp11, encoded_ngd.reshape(b, p, g, -1), 0)
   # Frame-major concatenation of the g frame vectors, as the official view(b, p, -1).
   patch_bpd = jnp.einsum("bpe,ed->bpd", encoded_bpgd.reshape(b, p, -1),

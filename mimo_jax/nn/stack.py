@@ -61,10 +61,10 @@ def _project(x_btd: jax.Array, proj: dict, n: int, h: int) -> jax.Array:
 
 
 def _layer(cfg: StackConfig, layer: dict, x_btd: jax.Array, cos_bth: jax.Array,
-           sin_bth: jax.Array, mask_bts: jax.Array, kv_cache, index):
+           sin_bth: jax.Array, mask_bts: jax.Array, kv_cache, index, input_normed_dtype=None):
   """One decoder layer. kv_cache is None or this layer's (k_bskh, v_bskh) to update."""
   attn = layer["self_attn"]
-  h_btd = rms_norm(x_btd, layer["input_layernorm"]["scale"], cfg.norm_eps)
+  h_btd = rms_norm(x_btd, layer["input_layernorm"]["scale"], cfg.norm_eps, input_normed_dtype)
   q_btnh = apply_rope(_project(h_btd, attn["q_proj"], cfg.n_heads, cfg.head_dim), cos_bth, sin_bth)
   k_btkh = apply_rope(_project(h_btd, attn["k_proj"], cfg.n_kv_heads, cfg.head_dim),
                       cos_bth, sin_bth)
@@ -86,11 +86,17 @@ def _layer(cfg: StackConfig, layer: dict, x_btd: jax.Array, cos_bth: jax.Array,
 def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
                   positions_bt: jax.Array | None = None,
                   segment_ids_bt: jax.Array | None = None,
-                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+                  cache: KVCache | None = None,
+                  torch_input_dtype=None) -> tuple[jax.Array, KVCache | None]:
   """Runs the stack over x_btd; returns the final-normed hidden states and the updated cache.
 
   positions default to 0..t-1 and segment ids to 1 (one sequence per row). With a cache, the t
   tokens are appended at cache.index and attend to every earlier slot of their segment.
+
+  torch_input_dtype (e.g. bfloat16) reproduces a PyTorch Qwen2 stack with cfg.dtype weights fed
+  inputs of that narrower dtype, as the official patch encoder is: the RoPE tables and the first
+  layer's normalised input are rounded to it; after the first residual add PyTorch's promotion
+  makes everything cfg.dtype again.
   """
   b, t, _ = x_btd.shape
   dtype = jnp.dtype(cfg.dtype)
@@ -108,15 +114,26 @@ def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
     kv_pos_bs, kv_seg_bs, index = cache.positions_bs, cache.segment_ids_bs, cache.index
   mask_bts = attention_mask(positions_bt, kv_pos_bs, segment_ids_bt, kv_seg_bs, causal=cfg.causal)
 
+  cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype), tree)
+  layers = params["layers"]
+  if torch_input_dtype is not None:
+    if cache is not None:
+      raise ValueError("stack_forward: torch_input_dtype emulation does not support a KV cache")
+    cos_bth, sin_bth = (t.astype(torch_input_dtype).astype(jnp.float32)
+                        for t in (cos_bth, sin_bth))
+    first = cast(jax.tree.map(lambda w: w[0], layers))
+    x_btd, _ = _layer(cfg, first, x_btd, cos_bth, sin_bth, mask_bts, None, None,
+                      input_normed_dtype=torch_input_dtype)
+    layers = jax.tree.map(lambda w: w[1:], layers)
+
   def body(x_btd, xs):
     layer, kv_cache = xs
-    layer = jax.tree.map(lambda w: w.astype(dtype), layer)
-    return _layer(cfg, layer, x_btd, cos_bth, sin_bth, mask_bts, kv_cache, index)
+    return _layer(cfg, cast(layer), x_btd, cos_bth, sin_bth, mask_bts, kv_cache, index)
 
   if cfg.remat_policy != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
   kv_in = None if cache is None else (cache.k_lbskh, cache.v_lbskh)
-  x_btd, kv_out = jax.lax.scan(body, x_btd, (params["layers"], kv_in))
+  x_btd, kv_out = jax.lax.scan(body, x_btd, (layers, kv_in))
   if cache is not None:
     cache = cache._replace(k_lbskh=kv_out[0], v_lbskh=kv_out[1], index=cache.index + t)
   return rms_norm(x_btd, params["norm"]["scale"].astype(dtype), cfg.norm_eps), cache

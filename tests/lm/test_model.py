@@ -31,18 +31,23 @@ def test_import_uses_exactly_the_official_tensors(official, official_tiny_lm_dir
   assert shapes == {name: tuple(stored[name].shape) for name in stored}
 
 
-def test_forward_matches_the_official_code(official):
+@pytest.mark.parametrize("official_sum", [False, True], ids=["fp32_sum", "official_bf16_sum"])
+def test_forward_matches_the_official_code(official, official_sum):
+  """The default fp32 speech-embedding sum gives the `_fp32acc` arrays; the official bf16 buffer
+  option gives the official code's arrays as they are."""
   cfg, params, io, empty_id = official
+  cfg = cfg.replace(official_bf16_speech_sum=official_sum)
+  suffix = "" if official_sum else "_fp32acc"
   input_ids = io["input_ids"][None]
   embeds = model.input_embeds(params, cfg, input_ids, empty_id)
-  np.testing.assert_allclose(np.asarray(embeds[0]), io["inputs_embeds_fp32acc"], atol=1e-4,
+  np.testing.assert_allclose(np.asarray(embeds[0]), io["inputs_embeds" + suffix], atol=1e-4,
                              rtol=0)
   hidden = jax.jit(lambda p, x: model.forward(p, cfg, x, empty_id))(params, input_ids)
-  np.testing.assert_allclose(np.asarray(hidden[0]), io["hidden_fp32acc"], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(hidden[0]), io["hidden" + suffix], atol=1e-4, rtol=0)
   np.testing.assert_allclose(np.asarray(backbone.text_logits(params, hidden)[0]),
-                             io["text_logits_fp32acc"], atol=1e-4, rtol=0)
+                             io["text_logits" + suffix], atol=1e-4, rtol=0)
   np.testing.assert_allclose(np.asarray(model.local_cond(params, cfg, hidden)[0]),
-                             io["local_cond_fp32acc"], atol=1e-4, rtol=0)
+                             io["local_cond" + suffix], atol=1e-4, rtol=0)
 
 
 def test_teacher_forced_patch_decoder_matches_the_official_stepwise_decoding(official):
