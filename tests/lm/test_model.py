@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers
 
 from mimo_jax import config
 from mimo_jax.convert.hf import export_checkpoint, import_checkpoint
 from mimo_jax.convert.names import official_shapes, to_official
-from mimo_jax.convert.safetensors_io import SafetensorsReader
+from mimo_jax.convert.safetensors_io import CheckpointPathError, SafetensorsReader
 from mimo_jax.lm import backbone, model
 from mimo_jax.nn.stack import stack_forward
 from tests.helpers import hf_stack, hf_stack_forward, random_params
@@ -114,13 +115,24 @@ def test_decoder_inputs_follow_the_schedule_for_a_hand_built_patch():
     np.testing.assert_array_equal(steps_sd[t + 1], expected, err_msg=f"input of step {t + 1}")
 
 
-def test_round_trip_is_bit_identical(tmp_path):
+def test_round_trip_is_bit_identical_with_tokenizer_beside(tmp_path, official_tiny_lm_dir):
   cfg = config.tiny()
   params = random_params(model.param_specs(cfg))
-  export_checkpoint(params, cfg, str(tmp_path), max_shard_bytes=200_000)
+  files = export_checkpoint(params, cfg, str(tmp_path), max_shard_bytes=200_000,
+                            tokenizer_dir=official_tiny_lm_dir)
+  assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= set(files)
   back, _ = import_checkpoint(str(tmp_path), cfg, specs_fn=model.param_specs)
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
     assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  assert tokenizer.convert_tokens_to_ids("<|empty|>") == 412
+
+
+def test_export_without_a_tokenizer_json_is_named(tmp_path):
+  cfg = config.tiny()
+  with pytest.raises(CheckpointPathError, match=f"tokenizer_dir {tmp_path} has no tokenizer.json"):
+    export_checkpoint(random_params(model.param_specs(cfg)), cfg, str(tmp_path / "out"),
+                      tokenizer_dir=str(tmp_path))
 
 
 def test_7b_names_and_shapes_are_the_spec_table():
