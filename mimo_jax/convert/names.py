@@ -74,15 +74,13 @@ def to_official(params: Any) -> dict[str, np.ndarray]:
 
 
 def official_shapes(specs: Any) -> dict[str, tuple[int, ...]]:
-  """{official name: PyTorch-layout shape} of the tree `specs` describes, without allocating."""
+  """Official name -> PyTorch shape of every tensor `specs` describes (nothing is allocated)."""
   shapes = {}
   for path, spec in jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)[0]:
     template, stacked, perm = _template(_keys(path))
-    if stacked:
-      shapes.update({template.format(i): _official_shape(spec.shape[1:], perm)
-                     for i in range(spec.shape[0])})
-    else:
-      shapes[template] = _official_shape(spec.shape, perm)
+    shape = _official_shape(spec.shape[1:] if stacked else spec.shape, perm)
+    names = [template.format(i) for i in range(spec.shape[0])] if stacked else [template]
+    shapes.update(dict.fromkeys(names, shape))
   return shapes
 
 
