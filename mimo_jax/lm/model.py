@@ -156,3 +156,8 @@ def patch_decoder_logits(params: dict, cfg: MimoAudioConfig, local_cond_nd: jax.
     logits.append(jnp.einsum("ngd,dv->ngv", out_ngd, head["kernel"].astype(cfg.dtype),
                              preferred_element_type=jnp.float32))
   return logits
+
+
+def mask_empty_code(logits_ngv: jax.Array, channel: int, cfg: MimoAudioConfig) -> jax.Array:
+  """Logits of one channel's head with its empty id made unsamplable (official local sampler)."""
+  return jnp.asarray(logits_ngv).at[..., cfg.speech_zeroemb_idx[channel]].set(-jnp.inf)

@@ -115,6 +115,29 @@ def test_decoder_inputs_follow_the_schedule_for_a_hand_built_patch():
     np.testing.assert_array_equal(steps_sd[t + 1], expected, err_msg=f"input of step {t + 1}")
 
 
+def test_unequal_local_dims_add_the_official_projection():
+  """With input_local_dim != local_dim the decoder reads the shared tables through
+  speech_embeddings_to_local, as the official model does."""
+  cfg = config.tiny(local_dim=48)
+  specs = model.param_specs(cfg)
+  assert official_shapes(specs)["speech_embeddings_to_local.weight"] == (48, 32)
+  params = random_params(specs)
+  codes_ngc = np.zeros((3, 4, 8), np.int32)
+  steps = model.decoder_inputs(params, cfg, np.ones((3, 48), np.float32), codes_ngc)
+  assert steps.shape == (3, 11, 48)
+  logits = model.patch_decoder_logits(params, cfg, np.ones((3, 48), np.float32), codes_ngc)
+  assert [lg.shape for lg in logits] == [(3, 4, v) for v in cfg.speech_vocab_size]
+
+
+def test_empty_code_is_never_the_argmax():
+  cfg = config.tiny()
+  logits = np.zeros((2, 4, 129), np.float32)
+  logits[..., 128] = 10.0  # the empty id of channel 2 scores highest
+  masked = model.mask_empty_code(logits, 2, cfg)
+  assert np.all(np.asarray(masked[..., 128]) == -np.inf)
+  assert not np.any(np.asarray(masked).argmax(-1) == 128)
+
+
 def test_round_trip_is_bit_identical_with_tokenizer_beside(tmp_path, official_tiny_lm_dir):
   cfg = config.tiny()
   params = random_params(model.param_specs(cfg))
