@@ -1,4 +1,5 @@
-"""The tokenizer decoder (official `AudioDecoder`): quantised 25 Hz features -> coarse mel -> waveform.
+"""The tokenizer decoder (official `AudioDecoder`): quantised 25 Hz features -> coarse mel ->
+waveform.
 
 Axis letters: b batch, t time (25, 50 or 100 Hz as named), d model width, m mel bins.
 

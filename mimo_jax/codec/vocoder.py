@@ -3,8 +3,8 @@
 Axis letters: b batch, t frames (100 Hz), m mel bins, d vocoder width, f frequency bins,
 n samples of one frame (n_fft), s waveform samples, j hop-sized pieces of one frame.
 
-Linear embedding -> pre-LN transformer with a sliding window (40 left / 10 right frames) -> LayerNorm
--> Linear to n_fft + 2 = [log-magnitude | phase] -> inverse real FFT -> Hann window -> overlap-add
+Linear embedding -> pre-LN transformer with a sliding window (40 left / 10 right frames) ->
+LayerNorm -> Linear to n_fft + 2 = [log-magnitude | phase] -> inverse real FFT -> Hann window -> overlap-add
 with "same" padding, divided by the summed squared window.
 """
 

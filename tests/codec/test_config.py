@@ -20,7 +20,8 @@ def test_full_preset_has_the_released_numbers():
           cfg.encoder_skip_layer_id, cfg.decoder_layers, cfg.decoder_causal) == (
               1280, 32, 20, 5120, 3, 32, True)
   assert (cfg.vocoder_dim, cfg.vocoder_intermediate_dim, cfg.vocoder_num_layers,
-          cfg.vocoder_attention_heads, cfg.vocoder_attn_window_size) == (256, 1024, 16, 16, (40, 10))
+          cfg.vocoder_attention_heads, cfg.vocoder_attn_window_size) == (
+              256, 1024, 16, 16, (40, 10))
   assert cfg.codebook_sizes == (1024, 1024) + (128,) * 18
   assert (cfg.sampling_rate, cfg.nfft, cfg.hop_length, cfg.n_mels) == (24000, 960, 240, 128)
   assert cfg.samples_per_frame == 960 and cfg.frame_rate == 25
