@@ -6,7 +6,8 @@ Input is real speech: the fixture clip (CMU ARCTIC, 4 s at 24 kHz) tiled to each
 calls; RTF = median call time / audio duration (below 1 is faster than real time). A streaming
 decode of the longest clip (official defaults, 1 s chunks) is timed for the tiny preset, with its
 difference to the one-shot decode. The machine may be shared: the 1-minute load average is
-recorded beside each measurement. Results go to experiments/results/codec_cpu.{json,md}.
+recorded beside each measurement (2 = both cores busy with this job alone). Results go to
+experiments/results/codec_cpu.{json,md}; rows of presets not run keep their earlier values.
 
   python experiments/bench/codec_cpu.py [--presets tiny,full --seconds 10,60 --repeats 3]
 """
@@ -99,19 +100,27 @@ def write_results(rows: list[dict], args) -> None:
           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
           "jax": jax.__version__, "backend": jax.default_backend(), "args": vars(args)}
   os.makedirs(RESULTS_DIR, exist_ok=True)
-  with open(os.path.join(RESULTS_DIR, "codec_cpu.json"), "w") as f:
+  path = os.path.join(RESULTS_DIR, "codec_cpu.json")
+  # Rows of presets not run this time are kept from the previous results (each row is dated).
+  for r in rows:
+    r["date"] = meta["date"]
+  if os.path.exists(path):
+    with open(path) as f:
+      kept = [r for r in json.load(f)["rows"] if r["preset"] not in {r["preset"] for r in rows}]
+    rows = kept + rows
+  with open(path, "w") as f:
     json.dump({"meta": meta, "rows": rows}, f, indent=2)
   lines = ["# Codec (tokenizer) real-time factor on CPU", "",
            f"{meta['date']}, {meta['machine']}, jax {meta['jax']} ({meta['backend']}), fp32, "
            "random weights, real speech tiled to length. RTF = median call time / audio "
            "duration (lower is faster; < 1 is faster than real time). First call includes "
            "compilation.", "",
-           "| preset | audio | direction | RTF | median call | first call | load avg |",
-           "|---|---|---|---|---|---|---|"]
+           "| preset | audio | direction | RTF | median call | first call | load avg | run |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['preset']} | {r['seconds']} s | {r['direction']} | {r['rtf']:.3f} | "
                  f"{r['median_s']:.2f} s | {r.get('first_s', float('nan')):.2f} s | "
-                 f"{r['load_avg_1m']:.1f} |")
+                 f"{r['load_avg_1m']:.1f} | {r['date']} |")
   stream_rows = [r for r in rows if r["direction"] == "stream_decode"]
   for r in stream_rows:
     lines += ["", f"Streaming decode ({r['preset']}, {r['seconds']} s, 1 s steps, official "
