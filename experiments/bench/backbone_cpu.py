@@ -31,6 +31,7 @@ import platform
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -204,6 +205,14 @@ def machine_info() -> dict:
   }
 
 
+def git_commit() -> str:
+  """HEAD of the repository this script lives in, marked "+dirty" if mimo_jax has local edits."""
+  repo = os.path.dirname(os.path.abspath(__file__))
+  git = lambda *a: subprocess.run(["git", "-C", repo, *a], capture_output=True, text=True).stdout
+  dirty = git("status", "--porcelain", "--", ":/mimo_jax").strip()
+  return git("rev-parse", "HEAD").strip() + ("+dirty" if dirty else "")
+
+
 def versions() -> dict:
   return {"python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": importlib.metadata.version("jaxlib"),
@@ -254,7 +263,7 @@ def markdown(report: dict) -> str:
       f"Versions: jax {v['jax']}, torch {v['torch']}, transformers {v['transformers']}, "
       f"numpy {v['numpy']}, python {v['python']}.",
       "",
-      f"Command: `{report['command']}`",
+      f"Command: `{report['command']}` at commit {report['git_commit']}.",
       "",
   ]
   return "\n".join(lines)
@@ -311,7 +320,7 @@ def main() -> None:
   torch_tps = results["transformers fp32"]["tokens_per_s"]
   report = {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "command": shlex.join(["python", *sys.argv]),
+      "command": shlex.join(["python", *sys.argv]), "git_commit": git_commit(),
       "config": {k: v for k, v in dataclasses.asdict(cfg).items()
                  if k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                           "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size",
