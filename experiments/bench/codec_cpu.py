@@ -7,7 +7,7 @@ calls; RTF = median call time / audio duration (below 1 is faster than real time
 decode of the longest clip (official defaults, 1 s chunks) is timed for the tiny preset, with its
 difference to the one-shot decode. The machine may be shared: the 1-minute load average is
 recorded beside each measurement (2 = both cores busy with this job alone). Results go to
-experiments/results/codec_cpu.{json,md}; rows of presets not run keep their earlier values.
+experiments/results/codec_cpu.{json,md}; (preset, duration) pairs not run keep their earlier rows.
 
   python experiments/bench/codec_cpu.py [--presets tiny,full --seconds 10,60 --repeats 3]
 """
@@ -101,17 +101,21 @@ def write_results(rows: list[dict], args) -> None:
           "jax": jax.__version__, "backend": jax.default_backend(), "args": vars(args)}
   os.makedirs(RESULTS_DIR, exist_ok=True)
   path = os.path.join(RESULTS_DIR, "codec_cpu.json")
-  # Rows of presets not run this time are kept from the previous results (each row is dated).
+  # Rows of (preset, duration) pairs not run this time are kept from the previous results (each
+  # row is dated).
   for r in rows:
     r["date"] = meta["date"]
   if os.path.exists(path):
     with open(path) as f:
-      kept = [r for r in json.load(f)["rows"] if r["preset"] not in {r["preset"] for r in rows}]
+      done = {(r["preset"], r["seconds"]) for r in rows}
+      previous = json.load(f)
+    kept = [{"date": previous["meta"]["date"], **r} for r in previous["rows"]
+            if (r["preset"], r["seconds"]) not in done]
     rows = kept + rows
   with open(path, "w") as f:
     json.dump({"meta": meta, "rows": rows}, f, indent=2)
   lines = ["# Codec (tokenizer) real-time factor on CPU", "",
-           f"{meta['date']}, {meta['machine']}, jax {meta['jax']} ({meta['backend']}), fp32, "
+           f"Written {meta['date']}; {meta['machine']}, jax {meta['jax']} ({meta['backend']}), fp32, "
            "random weights, real speech tiled to length. RTF = median call time / audio "
            "duration (lower is faster; < 1 is faster than real time). First call includes "
            "compilation.", "",
@@ -119,7 +123,8 @@ def write_results(rows: list[dict], args) -> None:
            "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['preset']} | {r['seconds']} s | {r['direction']} | {r['rtf']:.3f} | "
-                 f"{r['median_s']:.2f} s | {r.get('first_s', float('nan')):.2f} s | "
+                 f"{r['median_s']:.2f} s | "
+                 f"{'-' if 'first_s' not in r else format(r['first_s'], '.2f') + ' s'} | "
                  f"{r['load_avg_1m']:.1f} | {r['date']} |")
   stream_rows = [r for r in rows if r["direction"] == "stream_decode"]
   for r in stream_rows:
