@@ -225,27 +225,35 @@ def _parse_dashed(key: str, value: Any) -> tuple[int, ...]:
     raise ConfigError(f"{key}: expected integers separated by '-', got {value!r}") from None
 
 
-def load_config(path: str, **runtime: Any) -> MimoAudioConfig:
-  """Reads an official config.json (or the folder holding it)."""
+def read_config_json(path: str) -> dict[str, Any]:
+  """The dict in an official config.json (path may be the folder holding it)."""
   if os.path.isdir(path):
     path = os.path.join(path, "config.json")
   try:
     with open(path) as f:
-      raw = json.load(f)
+      return json.load(f)
   except FileNotFoundError:
     raise ConfigError(f"config: no config.json at {path}") from None
   except json.JSONDecodeError as e:
     raise ConfigError(f"config: {path} is not valid JSON ({e})") from None
-  return MimoAudioConfig.from_official_dict(raw, **runtime)
 
 
-def save_config(cfg: MimoAudioConfig, path: str) -> None:
-  """Writes the official config.json (path may be the target folder)."""
+def write_config_json(official: dict[str, Any], path: str) -> None:
+  """Writes an official config.json (path may be the target folder)."""
   if os.path.isdir(path):
     path = os.path.join(path, "config.json")
   with open(path, "w") as f:
-    json.dump(cfg.to_official_dict(), f, indent=2, sort_keys=True)
+    json.dump(official, f, indent=2, sort_keys=True)
     f.write("\n")
+
+
+def load_config(path: str, **runtime: Any) -> MimoAudioConfig:
+  """Reads an official config.json (or the folder holding it)."""
+  return MimoAudioConfig.from_official_dict(read_config_json(path), **runtime)
+
+
+def save_config(cfg: MimoAudioConfig, path: str) -> None:
+  write_config_json(cfg.to_official_dict(), path)
 
 
 def tiny(**changes: Any) -> MimoAudioConfig:

@@ -8,11 +8,9 @@ built from the released values and every exported checkpoint carries its config.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
-from mimo_jax.config import ConfigError
+from mimo_jax.config import ConfigError, read_config_json, write_config_json
 
 _MODEL_TYPE = "mimo_audio_tokenizer"
 _ARCHITECTURE = "MiMoAudioTokenizer"
@@ -181,24 +179,11 @@ def _check(ok: bool, field: str, message: str) -> None:
 
 def load_codec_config(path: str) -> CodecConfig:
   """Reads the tokenizer's official config.json (or the folder holding it)."""
-  if os.path.isdir(path):
-    path = os.path.join(path, "config.json")
-  try:
-    with open(path) as f:
-      raw = json.load(f)
-  except FileNotFoundError:
-    raise ConfigError(f"config: no config.json at {path}") from None
-  except json.JSONDecodeError as e:
-    raise ConfigError(f"config: {path} is not valid JSON ({e})") from None
-  return CodecConfig.from_official_dict(raw)
+  return CodecConfig.from_official_dict(read_config_json(path))
 
 
 def save_codec_config(cfg: CodecConfig, path: str) -> None:
-  if os.path.isdir(path):
-    path = os.path.join(path, "config.json")
-  with open(path, "w") as f:
-    json.dump(cfg.to_official_dict(), f, indent=2, sort_keys=True)
-    f.write("\n")
+  write_config_json(cfg.to_official_dict(), path)
 
 
 def tiny(**changes: Any) -> CodecConfig:
