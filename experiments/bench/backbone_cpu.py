@@ -25,10 +25,8 @@ import argparse
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 import transformers
 
+from benchlib import CLEAN_SHARE, is_clean, machine_info, time_interleaved, write_results
 from mimo_jax.config import MimoAudioConfig
 from mimo_jax.convert.hf import export_checkpoint
 from mimo_jax.lm import backbone
@@ -53,8 +52,6 @@ MAX_LOGIT_DIFF = 1e-3
 # Noise added to every initial tensor: biases (init 0) and norm gains (init 1) become non-trivial
 # and weights grow from std 0.02 to ~0.054, so attention is far from uniform.
 PERTURB_STD = 0.05
-# A call is "clean" if other processes and steal took at most this share of the machine's CPU.
-CLEAN_SHARE = 0.05
 # Fewer clean calls than this per run and the results are flagged as unreliable.
 MIN_CLEAN_CALLS = 3
 
@@ -128,50 +125,6 @@ def check_same_logits(ours: Callable, theirs: Callable) -> dict:
   return {"max_abs_diff": diff, "max_abs_logit": scale, "tolerance": MAX_LOGIT_DIFF}
 
 
-def cpu_seconds() -> dict[str, float]:
-  """Machine-wide busy and steal CPU-seconds (from /proc/stat), this process's own, wall time."""
-  with open("/proc/stat") as f:
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-  hz = os.sysconf("SC_CLK_TCK")
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz,
-          "own": usage.ru_utime + usage.ru_stime, "wall": time.perf_counter()}
-
-
-def timed_call(call: Callable) -> dict[str, float]:
-  """Wall seconds of one call, and the CPU-seconds other processes and the hypervisor took
-  meanwhile (this machine is shared, so a call can be slowed by work that is not ours)."""
-  before = cpu_seconds()
-  call()
-  after = cpu_seconds()
-  delta = {k: after[k] - before[k] for k in before}
-  return {"s": delta["wall"], "others_cpu_s": max(0.0, delta["busy"] - delta["own"]) +
-          delta["steal"]}
-
-
-def is_clean(run: dict[str, float], cores: int) -> bool:
-  return run["others_cpu_s"] <= CLEAN_SHARE * run["s"] * cores
-
-
-def run_note(run: dict[str, float], cores: int) -> str:
-  note = "" if is_clean(run, cores) else f" (others took {run['others_cpu_s']:.1f} CPU-s)"
-  return f"{run['s']:.2f}s{note}"
-
-
-def time_interleaved(calls: dict[str, Callable], warmup: int, repeats: int,
-                     cores: int) -> dict[str, list]:
-  """Timed calls of each entry, calling each once per round, in the same order every round."""
-  runs: dict[str, list] = {name: [] for name in calls}
-  for round_ in range(warmup + repeats):
-    this_round = {name: timed_call(call) for name, call in calls.items()}
-    if round_ >= warmup:
-      for name, run in this_round.items():
-        runs[name].append(run)
-    print(f"round {round_ + 1}/{warmup + repeats}" + (" (warm-up)" if round_ < warmup else "")
-          + ": " + ", ".join(f"{name} {run_note(run, cores)}" for name, run in this_round.items()))
-  return runs
-
-
 def summarise(runs: dict[str, list], tokens: int, cores: int) -> dict[str, dict]:
   """Median and min over the uncontended calls (over all calls if none was uncontended)."""
   out = {}
@@ -182,27 +135,6 @@ def summarise(runs: dict[str, list], tokens: int, cores: int) -> dict[str, dict]
                  "tokens_per_s": tokens / statistics.median(times), "clean_calls": len(clean),
                  "calls": name_runs}
   return out
-
-
-def machine_info() -> dict:
-  with open("/proc/cpuinfo") as f:
-    fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
-                  if ":" in line)
-  fields = {k.strip(): v.strip() for k, v in fields.items()}
-  simd = sorted(flag for flag in fields.get("flags", "").split()
-                if flag.startswith(("avx", "amx", "fma")))
-  return {
-      "cpu_model": fields.get("model name"),
-      "cpu_family_model": f"family {fields.get('cpu family')} model {fields.get('model')}",
-      "hypervisor": "hypervisor" in fields.get("flags", "").split(),
-      "simd_flags": simd,
-      "cores": os.cpu_count(),
-      "cores_usable": len(os.sched_getaffinity(0)),
-      "torch_num_threads": torch.get_num_threads(),
-      "torch_num_interop_threads": torch.get_num_interop_threads(),
-      "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")},
-      "platform": platform.platform(),
-  }
 
 
 def git_commit() -> str:
@@ -288,16 +220,6 @@ def print_table(results: dict[str, dict]) -> None:
           f"{x['clean_calls']:>3}/{len(x['calls'])}")
 
 
-def write_results(report: dict, results_dir: str) -> None:
-  os.makedirs(results_dir, exist_ok=True)
-  with open(os.path.join(results_dir, "backbone_cpu.json"), "w") as f:
-    json.dump(report, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(results_dir, "backbone_cpu.md"), "w") as f:
-    f.write(markdown(report))
-  print(f"wrote {os.path.normpath(results_dir)}/backbone_cpu.{{json,md}}")
-
-
 def main() -> None:
   args = parse_args()
   cfg = bench_config()
@@ -331,7 +253,9 @@ def main() -> None:
       "compile_s": compile_s, "results": results,
       "ratio_fp32": results["ours fp32"]["tokens_per_s"] / torch_tps,
       "ratio_bf16_vs_torch_fp32": results["ours bf16"]["tokens_per_s"] / torch_tps,
-      "machine": machine_info(), "versions": versions(),
+      "machine": machine_info(
+          torch_num_threads=torch.get_num_threads(),
+          torch_num_interop_threads=torch.get_num_interop_threads()), "versions": versions(),
   }
   print_table(results)
   print(f"ours / transformers (fp32 vs fp32): {report['ratio_fp32']:.2f}x; ours bf16 / "
@@ -339,7 +263,7 @@ def main() -> None:
   if not reliable:
     print(f"WARNING: fewer than {MIN_CLEAN_CALLS} uncontended calls for some run; the machine "
           "was busy with other work, rerun when it is quiet")
-  write_results(report, args.results_dir)
+  write_results(report, markdown(report), args.results_dir, "backbone_cpu")
 
 
 if __name__ == "__main__":

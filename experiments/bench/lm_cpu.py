@@ -37,10 +37,8 @@ import argparse
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import sys
@@ -52,6 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchlib import (CLEAN_SHARE, cpu_seconds, is_clean, load_since, machine_info,
+                      time_interleaved, write_results)
 from mimo_jax import config
 from mimo_jax.config import LossConfig, MimoAudioConfig
 from mimo_jax.lm import loss, model
@@ -62,8 +62,6 @@ EMPTY_ID = 7  # stands in for `<|empty|>`; any id below vocab_size works
 AUDIO_SHARE = 0.5
 CHUNK_SIZE = 64
 LEARNING_RATE = 1e-4
-# A timed call is "clean" if other processes and steal took at most this share of the machine's CPU.
-CLEAN_SHARE = 0.05
 # With fewer clean calls than this, a run's median is over all its calls (the json says so).
 MIN_CLEAN_CALLS = 3
 
@@ -146,8 +144,8 @@ def train_step(cfg: MimoAudioConfig, loss_cfg: LossConfig,
 
 
 def prepare_run(cfg: MimoAudioConfig, loss_cfg: LossConfig, params: dict, batch: dict,
-                n_steps: int) -> tuple[Callable[[], float], dict]:
-  """Compiles one train step; returns a call that runs n_steps steps (returning the last loss)
+                n_steps: int) -> tuple[Callable[[], dict], dict]:
+  """Compiles one train step; returns a call that runs n_steps steps (recording the last loss)
   and compile facts."""
   optimizer = optax.adamw(LEARNING_RATE)
   state = {"params": jax.tree.map(jnp.copy, params)}
@@ -158,56 +156,11 @@ def prepare_run(cfg: MimoAudioConfig, loss_cfg: LossConfig, params: dict, batch:
   facts = {"compile_s": time.perf_counter() - start,
            "temp_bytes": compiled.memory_analysis().temp_size_in_bytes}
 
-  def run() -> float:
+  def run() -> dict:
     for _ in range(n_steps):
       state["params"], state["opt"], total = compiled(state["params"], state["opt"], batch)
-    return float(total.block_until_ready())
+    return {"loss": float(total.block_until_ready())}
   return run, facts
-
-
-def cpu_seconds() -> dict[str, float]:
-  """Machine-wide busy and steal CPU-seconds (/proc/stat), this process's own, and wall time."""
-  with open("/proc/stat") as f:
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-  hz = os.sysconf("SC_CLK_TCK")
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz,
-          "own": usage.ru_utime + usage.ru_stime, "wall": time.perf_counter()}
-
-
-def load_since(before: dict[str, float]) -> dict[str, float]:
-  """Wall seconds since `before`, our CPU-seconds, and those of other processes plus steal."""
-  after = cpu_seconds()
-  delta = {k: after[k] - before[k] for k in before}
-  return {"s": delta["wall"], "own_cpu_s": delta["own"],
-          "others_cpu_s": max(0.0, delta["busy"] - delta["own"]) + delta["steal"]}
-
-
-def timed_call(run: Callable[[], float]) -> dict[str, float]:
-  before = cpu_seconds()
-  last_loss = run()
-  return {**load_since(before), "loss": last_loss}
-
-
-def is_clean(call: dict[str, float], cores: int) -> bool:
-  return call["others_cpu_s"] <= CLEAN_SHARE * call["s"] * cores
-
-
-def time_interleaved(runs: dict[str, Callable], warmup: int, repeats: int,
-                     cores: int) -> dict[str, list]:
-  """Timed calls of every run, one call of each per round, in the same order every round."""
-  calls: dict[str, list] = {name: [] for name in runs}
-  for round_ in range(warmup + repeats):
-    this_round = {name: timed_call(run) for name, run in runs.items()}
-    if round_ >= warmup:
-      for name, call in this_round.items():
-        calls[name].append(call)
-    print(f"  round {round_ + 1}/{warmup + repeats}" + (" (warm-up)" if round_ < warmup else "")
-          + ": " + ", ".join(
-              f"{name} {c['s']:.3f}s" + ("" if is_clean(c, cores) else
-                                         f" (others {c['others_cpu_s']:.2f} CPU-s)")
-              for name, c in this_round.items()))
-  return calls
 
 
 def summarise(calls: list[dict], positions: int, group_size: int, steps_per_call: int,
@@ -262,25 +215,6 @@ def bench_model(spec: BenchModel, args: argparse.Namespace, cores: int) -> dict:
           "positions_per_row": spec.positions, "steps_per_call": spec.steps_per_call,
           "results": results, "ratios": ratios,
           "timing_load": {**load, "others_share": load["others_cpu_s"] / (load["s"] * cores)}}
-
-
-def machine_info() -> dict:
-  with open("/proc/cpuinfo") as f:
-    fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
-                  if ":" in line)
-  fields = {k.strip(): v.strip() for k, v in fields.items()}
-  flags = fields.get("flags", "").split()
-  return {
-      "cpu_model": fields.get("model name"),
-      "cpu_family_model": f"family {fields.get('cpu family')} model {fields.get('model')}",
-      "hypervisor": "hypervisor" in flags,
-      "simd_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
-      "cores": os.cpu_count(),
-      "cores_usable": len(os.sched_getaffinity(0)),
-      "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-      "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "XLA_FLAGS")},
-      "platform": platform.platform(),
-  }
 
 
 def versions() -> dict:
@@ -407,16 +341,6 @@ def print_table(runs: dict[str, dict]) -> None:
             f"our CPU-s {ratio['own_cpu']:.2f}x)")
 
 
-def write_results(report: dict, results_dir: str) -> None:
-  os.makedirs(results_dir, exist_ok=True)
-  with open(os.path.join(results_dir, "lm_cpu.json"), "w") as f:
-    json.dump(report, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(results_dir, "lm_cpu.md"), "w") as f:
-    f.write(markdown(report))
-  print(f"wrote {os.path.normpath(results_dir)}/lm_cpu.{{json,md}}")
-
-
 def main() -> None:
   args = parse_args()
   specs = models()
@@ -434,7 +358,7 @@ def main() -> None:
       "machine": machine_info(), "versions": versions(),
   }
   print_table(runs)
-  write_results(report, args.results_dir)
+  write_results(report, markdown(report), args.results_dir, "lm_cpu")
 
 
 if __name__ == "__main__":
