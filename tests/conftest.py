@@ -7,11 +7,21 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 
 import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+# Grain's worker processes and our absl-flag entry points read FLAGS; pytest never parses them.
+flags.FLAGS.mark_as_parsed()
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 OFFICIAL_TINY_LM = os.path.join(DATA_DIR, "official_tiny_a", "lm")
+OFFICIAL_TINY_TOKENIZER = os.path.join(DATA_DIR, "official_tiny_a", "tokenizer")
 
 
 @pytest.fixture(scope="session")
 def official_tiny_lm_dir() -> str:
   return OFFICIAL_TINY_LM
+
+
+@pytest.fixture(scope="session")
+def official_tiny_tokenizer_dir() -> str:
+  return OFFICIAL_TINY_TOKENIZER
