@@ -14,7 +14,7 @@ flags.FLAGS.mark_as_parsed()
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 OFFICIAL_TINY_LM = os.path.join(DATA_DIR, "official_tiny_a", "lm")
-OFFICIAL_TINY_TOKENIZER = os.path.join(DATA_DIR, "official_tiny_a", "tokenizer")
+OFFICIAL_TINY_CODEC = os.path.join(DATA_DIR, "official_tiny_a", "tokenizer")
 
 
 @pytest.fixture(scope="session")
@@ -23,5 +23,5 @@ def official_tiny_lm_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def official_tiny_tokenizer_dir() -> str:
-  return OFFICIAL_TINY_TOKENIZER
+def official_tiny_codec_dir() -> str:
+  return OFFICIAL_TINY_CODEC
