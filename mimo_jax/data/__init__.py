@@ -1,0 +1,1 @@
+"""Data: text tokenizer, synthetic speech corpus, task templates, sources, packing, pipelines."""
