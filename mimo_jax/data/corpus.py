@@ -1,0 +1,155 @@
+"""A small synthetic speech corpus spoken by espeak-ng, for the demo and the tests.
+
+  python -m mimo_jax.data.corpus --output=DIR --num_utterances=N [--seed=0] [--languages=en,zh]
+
+Writes DIR/manifest.jsonl (the manifest format of `mimo_jax.data.manifest`, audio paths relative
+to DIR) and DIR/wavs/<utt>.wav (mono 16-bit PCM at 24 kHz, the codec's rate). Utterance i speaks
+a sentence of the bundled list (`sentences.txt`, written for this project, CC0) in one of several
+espeak-ng voices of its language; the choices come from one seeded generator, so the same seed
+gives the same manifest and the same audio bytes. espeak-ng is fast (tens of ms a sentence), so
+a corpus of a hundred utterances takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+
+import librosa
+import numpy as np
+import soundfile
+from absl import app, flags
+
+SENTENCES = os.path.join(os.path.dirname(__file__), "sentences.txt")
+SAMPLE_RATE = 24000
+MANIFEST = "manifest.jsonl"
+
+
+class CorpusError(RuntimeError):
+  """espeak-ng is missing or failed, or the sentence list is unusable; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Voice:
+  """One synthetic speaker: an espeak-ng voice (+variant), speaking rate (words/min), pitch."""
+
+  speaker: str
+  language: str
+  espeak_voice: str
+  speed: int
+  pitch: int
+
+
+# Several speakers per language: different accents, variants (male/female timbres), rates and
+# pitches, so speaker-dependent tasks (voice continuation, TTS prompts) have something to tell.
+VOICES = (
+    Voice("en_us_m3", "en", "en-us+m3", 165, 45),
+    Voice("en_us_f3", "en", "en-us+f3", 175, 60),
+    Voice("en_gb_m1", "en", "en-gb+m1", 155, 40),
+    Voice("en_gb_f2", "en", "en-gb-x-rp+f2", 170, 55),
+    Voice("en_sc_m5", "en", "en-gb-scotland+m5", 150, 35),
+    Voice("zh_m2", "zh", "cmn+m2", 160, 45),
+    Voice("zh_f4", "zh", "cmn+f4", 170, 60),
+)
+
+
+def load_sentences(path: str = SENTENCES) -> list[tuple[str, str]]:
+  """(language, sentence) pairs of a sentence list: `lang<TAB>sentence` lines, `#` comments."""
+  sentences = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      line = line.strip()
+      if not line or line.startswith("#"):
+        continue
+      language, sep, text = line.partition("\t")
+      if not sep or not text.strip():
+        raise CorpusError(f"{path}:{n}: expected 'language<TAB>sentence', got {line!r}")
+      sentences.append((language, text.strip()))
+  return sentences
+
+
+def synthesize(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+  """float32 mono samples [n] of espeak-ng speaking `text`, resampled to `sample_rate`."""
+  binary = shutil.which("espeak-ng")
+  if binary is None:
+    raise CorpusError("espeak-ng is not installed (apt-get install espeak-ng)")
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "out.wav")
+    # Text goes in on stdin, so a sentence starting with '-' is never read as an option.
+    result = subprocess.run([binary, "-v", voice.espeak_voice, "-s", str(voice.speed), "-p",
+                             str(voice.pitch), "-w", path, "--stdin"], input=text.encode(),
+                            capture_output=True, check=False)
+    if result.returncode != 0 or not os.path.isfile(path):
+      raise CorpusError(f"espeak-ng failed for voice {voice.espeak_voice} on {text!r}: "
+                        f"{result.stderr.decode(errors='replace').strip()}")
+    wav_n, sr = soundfile.read(path, dtype="float32")
+  if len(wav_n) == 0:
+    raise CorpusError(f"espeak-ng produced no audio for voice {voice.espeak_voice} on {text!r}")
+  return librosa.resample(wav_n, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
+
+
+def build_corpus(output: str, num_utterances: int, seed: int = 0,
+                 languages: Sequence[str] = ("en", "zh"), sample_rate: int = SAMPLE_RATE,
+                 sentences_path: str = SENTENCES) -> str:
+  """Synthesises `num_utterances` utterances into `output`; returns the manifest's path.
+
+  Utterance i: a language drawn uniformly from `languages`, then a sentence and a voice of that
+  language, all from `np.random.default_rng(seed)`. Each manifest line holds `audio`
+  ("wavs/utt_00000.wav"), `text`, `speaker`, `language` and `duration` (seconds).
+  """
+  if num_utterances < 1:
+    raise CorpusError(f"num_utterances must be >= 1, got {num_utterances}")
+  sentences = load_sentences(sentences_path)
+  by_language = {lang: [s for l, s in sentences if l == lang] for lang in languages}
+  voices = {lang: [v for v in VOICES if v.language == lang] for lang in languages}
+  for lang in languages:
+    if not by_language[lang] or not voices[lang]:
+      raise CorpusError(f"language {lang!r}: {len(by_language[lang])} sentences in "
+                        f"{sentences_path}, {len(voices[lang])} voices; need both")
+  rng = np.random.default_rng(seed)
+  os.makedirs(os.path.join(output, "wavs"), exist_ok=True)
+  lines = []
+  for i in range(num_utterances):
+    lang = languages[rng.integers(len(languages))]
+    text = by_language[lang][rng.integers(len(by_language[lang]))]
+    voice = voices[lang][rng.integers(len(voices[lang]))]
+    wav_n = synthesize(text, voice, sample_rate)
+    audio = f"wavs/utt_{i:05d}.wav"
+    soundfile.write(os.path.join(output, audio), wav_n, sample_rate, subtype="PCM_16")
+    lines.append({"audio": audio, "text": text, "speaker": voice.speaker, "language": lang,
+                  "duration": round(len(wav_n) / sample_rate, 4)})
+  manifest = os.path.join(output, MANIFEST)
+  # Written last and atomically: a manifest on disk always lists only finished wav files.
+  with open(manifest + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+  os.replace(manifest + ".tmp", manifest)
+  return manifest
+
+
+_OUTPUT = flags.DEFINE_string("output", None, "Folder for manifest.jsonl and wavs/.",
+                              required=True)
+_NUM = flags.DEFINE_integer("num_utterances", 64, "Number of utterances to synthesise.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the sentence, language and voice choices.")
+_LANGUAGES = flags.DEFINE_list("languages", ["en", "zh"], "Languages to draw from.")
+
+
+def main(argv):
+  del argv
+  try:
+    manifest = build_corpus(_OUTPUT.value, _NUM.value, _SEED.value, tuple(_LANGUAGES.value))
+  except (CorpusError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  with open(manifest, encoding="utf-8") as f:
+    hours = sum(json.loads(line)["duration"] for line in f) / 3600
+  print(f"{manifest}: {_NUM.value} utterances, {hours * 60:.1f} min of audio")
+
+
+if __name__ == "__main__":
+  app.run(main)
