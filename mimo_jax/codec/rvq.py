@@ -32,9 +32,19 @@ def quantizer_specs(cfg: CodecConfig) -> dict:
           "inited": ParamSpec((q, 1), (None, None), "zeros")}
 
 
-def _valid_codewords(cfg: CodecConfig, n_q: int) -> jax.Array:
+def valid_codewords(cfg: CodecConfig, n_q: int) -> jax.Array:
+  """[n_q, k_max] bool: which rows of the stacked codebooks are real codewords (not padding)."""
   sizes_q = np.asarray(cfg.codebook_sizes[:n_q])
   return jnp.asarray(np.arange(max(cfg.codebook_sizes))[None, :] < sizes_q[:, None])
+
+
+def nearest_codeword(x_nd: jax.Array, embed_kd: jax.Array, valid_k: jax.Array) -> jax.Array:
+  """Index (int32) of the nearest valid codeword of each vector x [..., d] -> [...] (fp32 in)."""
+  # Same expansion as the official code: |x|^2 - 2 x.e + |e|^2.
+  dist_nk = (jnp.sum(jnp.square(x_nd), axis=-1, keepdims=True)
+             - 2 * jnp.einsum("...d,kd->...k", x_nd, embed_kd)
+             + jnp.sum(jnp.square(embed_kd), axis=-1))
+  return jnp.argmin(jnp.where(valid_k, dist_nk, jnp.inf), axis=-1).astype(jnp.int32)
 
 
 def quantize(quantizer: dict, cfg: CodecConfig, x_btd: jax.Array,
@@ -45,15 +55,11 @@ def quantize(quantizer: dict, cfg: CodecConfig, x_btd: jax.Array,
 
   def stage(residual_btd, xs):
     embed_kd, valid_k = xs
-    # Same expansion as the official code: |x|^2 - 2 x.e + |e|^2.
-    dist_btk = (jnp.sum(jnp.square(residual_btd), axis=-1, keepdims=True)
-                - 2 * jnp.einsum("btd,kd->btk", residual_btd, embed_kd)
-                + jnp.sum(jnp.square(embed_kd), axis=-1))
-    codes_bt = jnp.argmin(jnp.where(valid_k, dist_btk, jnp.inf), axis=-1).astype(jnp.int32)
+    codes_bt = nearest_codeword(residual_btd, embed_kd, valid_k)
     return residual_btd - embed_kd[codes_bt], codes_bt
 
   x_btd = x_btd.astype(jnp.float32)
-  residual_btd, codes_qbt = jax.lax.scan(stage, x_btd, (embed_qkd, _valid_codewords(cfg, n_q)))
+  residual_btd, codes_qbt = jax.lax.scan(stage, x_btd, (embed_qkd, valid_codewords(cfg, n_q)))
   return jnp.moveaxis(codes_qbt, 0, -1), x_btd - residual_btd
 
 
