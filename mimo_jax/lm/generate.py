@@ -1,0 +1,343 @@
+"""Batched generation: prefill, then one LLM step per patch, the delayed patch decoder inside.
+
+Axis letters: b batch rows, k layout rows (1 + c), l layout columns (g * positions), p prompt
+positions, n generated steps, g frames of a patch, c audio channels, s patch-decoder steps
+(g + max delay), d widths, v vocabularies.
+
+The official `slm_sample` runs one sequence with Python loops; here the whole loop is two jitted
+functions over static shapes, one compilation per (batch, prompt bucket, step bucket):
+
+- `prefill` runs the left-padded prompts through the model into a preallocated KV cache (row b's
+  real positions are 0..len_b-1 and its padding has segment 0, which no real token attends to);
+- `decode` runs LLM steps in a `lax.while_loop` until a step bound or until every row is done.
+  One step samples the text token from `lm_head`; rows whose token is `<|empty|>` get a patch from
+  the patch decoder (`decode_patch`: its g + max(delay) steps in a `lax.scan` with its own KV
+  cache, skipped by `lax.cond` when no row needs a patch); text and patch are written to the
+  output and fed back through the patch encoder and the backbone.
+
+A row stops after a token of its stop set once it has made `min_new` steps (stop tokens are
+banned before that, as the official sampler does) or after `max_new` steps; a stopped row's
+later columns keep the layout's filler text and empty audio ids. `decode` can be called again on
+its result with a higher bound, which is how the streaming iterator advances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mimo_jax.config import MimoAudioConfig
+from mimo_jax.lm import backbone, model
+from mimo_jax.lm.layout import FILLER
+from mimo_jax.lm.sampling import SamplerConfig, SamplerParams, sample
+from mimo_jax.nn.attention import KVCache
+from mimo_jax.nn.stack import init_cache, stack_forward
+
+
+class Settings(NamedTuple):
+  """Per-row controls of a decode, all arrays (changing them never recompiles)."""
+
+  text: SamplerParams  # the global (text-channel) sampler
+  audio: SamplerParams  # the local (patch-decoder) sampler
+  stop_bs: jax.Array  # int32 [b, S]: stop token ids, -1 = unused slot
+  min_new_b: jax.Array  # int32 [b]: stop tokens are banned before this many steps
+  max_new_b: jax.Array  # int32 [b]: at most this many steps (<= the buffer's n)
+  forced_bn: jax.Array  # int32 [b, n]: text token to emit at each step instead of sampling; -1 = sample
+
+
+class State(NamedTuple):
+  """Everything a decode carries between steps (and between `decode` calls)."""
+
+  cache: KVCache  # the backbone's, p + n slots
+  hidden_bd: jax.Array  # last backbone hidden state: drives the next step
+  step: jax.Array  # int32 scalar: steps taken (the same for every row)
+  positions_b: jax.Array  # int32 [b]: position of each row's next token
+  done_b: jax.Array  # bool [b]
+  n_new_b: jax.Array  # int32 [b]: steps each row took before it stopped
+  stopped_b: jax.Array  # bool [b]: the row ended on a stop token (not on max_new)
+  text_bn: jax.Array  # int32 [b, n]: generated text tokens (FILLER after a row stops)
+  codes_bngc: jax.Array  # int32 [b, n, g, c]: generated patches (empty ids where none)
+  keys_b: jax.Array  # PRNG keys, one per row
+  text_logits_bnv: jax.Array | None  # fp32 [b, n, v] when recorded (parity tests)
+  local_logits: tuple | None  # per channel fp32 [b, n, g, v_c] when recorded
+
+
+def _fold(keys_b: jax.Array, data) -> jax.Array:
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_b, data)
+
+
+def _banned(ids_bs: jax.Array, v: int, when_b: jax.Array) -> jax.Array:
+  """[b, v] mask of the ids in ids_bs (-1 = none), only for rows where when_b holds."""
+  hit_bsv = (ids_bs[:, :, None] == jnp.arange(v)[None, None, :]) & (ids_bs[:, :, None] >= 0)
+  return jnp.any(hit_bsv, axis=1) & when_b[:, None]
+
+
+def decode_patch(params: dict, cfg: MimoAudioConfig, cond_bd: jax.Array, keys_b: jax.Array,
+                 sp: SamplerParams) -> tuple[jax.Array, jax.Array, tuple]:
+  """One patch per row from the patch decoder's delayed steps (spec §3.4).
+
+  Returns the un-delayed codes [b, g, c], the codes as emitted [s, b, c] (channel r holds frame
+  t - delay_r at step t and its empty id outside its g steps) and each channel's logits
+  [b, g, v_c] (fp32, raw) at the steps it emitted. Empty ids are never sampled.
+  """
+  b = cond_bd.shape[0]
+  g, c = cfg.group_size, cfg.audio_channels
+  _, valid_sc = model.delay_schedule(cfg)
+  steps = valid_sc.shape[0]
+  empty_c = jnp.asarray(cfg.speech_zeroemb_idx, jnp.int32)
+  heads = [h["kernel"].astype(cfg.dtype) for h in params["local_transformer_lm_heads"]]
+
+  def body(carry, t):
+    x_bd, cache = carry
+    out_b1d, cache = stack_forward(params["local_transformer"], x_bd[:, None], cfg.patch_decoder,
+                                   positions_bt=jnp.full((b, 1), t, jnp.int32), cache=cache)
+    valid_c = jnp.asarray(valid_sc)[t]
+    tokens, logits = [], []
+    for ch, head_dv in enumerate(heads):
+      logits_bv = jnp.einsum("bd,dv->bv", out_b1d[:, 0], head_dv,
+                             preferred_element_type=jnp.float32)
+      banned_bv = jnp.broadcast_to(jnp.arange(logits_bv.shape[-1]) == empty_c[ch],
+                                   logits_bv.shape)
+      token_b = sample(_fold(keys_b, t * c + ch), logits_bv, sp, banned_bv)
+      tokens.append(jnp.where(valid_c[ch], token_b, empty_c[ch]))
+      logits.append(logits_bv)
+    tokens_bc = jnp.stack(tokens, axis=-1)
+    # The next step reads the sum of the embeddings of the codes emitted now (shared tables).
+    x_bd = model.speech_embedding_sum(params, tokens_bc, jnp.broadcast_to(valid_c, (b, c)), cfg)
+    if "speech_embeddings_to_local" in params:
+      x_bd = jnp.einsum("be,ed->bd", x_bd,
+                        params["speech_embeddings_to_local"]["kernel"].astype(cfg.dtype))
+    return (x_bd, cache), (tokens_bc, tuple(logits))
+
+  cache = init_cache(cfg.patch_decoder, b, steps)
+  _, (delayed_sbc, logits_s) = jax.lax.scan(body, (cond_bd.astype(cfg.dtype), cache),
+                                            jnp.arange(steps))
+  codes_bgc = jnp.stack([delayed_sbc[d:d + g, :, ch].T
+                         for ch, d in enumerate(cfg.delay_pattern)], axis=-1)
+  logits = tuple(jnp.moveaxis(l_sbv[d:d + g], 0, 1)
+                 for l_sbv, d in zip(logits_s, cfg.delay_pattern))
+  return codes_bgc, delayed_sbc, logits
+
+
+def _feed(params: dict, cfg: MimoAudioConfig, empty_id: int, ids_bkl: jax.Array,
+          positions_bp: jax.Array, segments_bp: jax.Array,
+          cache: KVCache) -> tuple[jax.Array, KVCache]:
+  """Appends positions to the cache; returns the last position's hidden state [b, d]."""
+  x_bpd = model.input_embeds(params, cfg, ids_bkl, empty_id)
+  hidden_bpd, cache = backbone.hidden_states(params, cfg, embeds_btd=x_bpd,
+                                             positions_bt=positions_bp,
+                                             segment_ids_bt=segments_bp, cache=cache)
+  return hidden_bpd[:, -1], cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "empty_id", "max_new", "record_logits"))
+def prefill(params: dict, cfg: MimoAudioConfig, prompt_bkl: jax.Array, prompt_len_b: jax.Array,
+            keys_b: jax.Array, *, empty_id: int, max_new: int,
+            record_logits: bool = False) -> State:
+  """Runs left-padded prompts [b, 1 + c, g * p] (row b's last prompt_len_b positions are real)
+  into a fresh cache of p + max_new slots."""
+  b, _, length = prompt_bkl.shape
+  g, c = cfg.group_size, cfg.audio_channels
+  p = length // g
+  pad_b = p - prompt_len_b
+  positions_bp = jnp.maximum(jnp.arange(p)[None, :] - pad_b[:, None], 0).astype(jnp.int32)
+  segments_bp = (jnp.arange(p)[None, :] >= pad_b[:, None]).astype(jnp.int32)
+  cache = backbone.init_cache(cfg, b, p + max_new)
+  hidden_bd, cache = _feed(params, cfg, empty_id, prompt_bkl, positions_bp, segments_bp, cache)
+  empty_c = jnp.asarray(cfg.speech_zeroemb_idx, jnp.int32)
+  recorded = None, None
+  if record_logits:
+    recorded = (jnp.zeros((b, max_new, cfg.vocab_size), jnp.float32),
+                tuple(jnp.zeros((b, max_new, g, v), jnp.float32) for v in cfg.speech_vocab_size))
+  return State(cache=cache, hidden_bd=hidden_bd, step=jnp.zeros((), jnp.int32),
+               positions_b=prompt_len_b.astype(jnp.int32), done_b=jnp.zeros((b,), bool),
+               n_new_b=jnp.zeros((b,), jnp.int32), stopped_b=jnp.zeros((b,), bool),
+               text_bn=jnp.full((b, max_new), FILLER, jnp.int32),
+               codes_bngc=jnp.broadcast_to(empty_c, (b, max_new, g, c)),
+               keys_b=keys_b, text_logits_bnv=recorded[0], local_logits=recorded[1])
+
+
+def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
+          state: State) -> State:
+  b = state.hidden_bd.shape[0]
+  g, c = cfg.group_size, cfg.audio_channels
+  step = state.step
+  keys_b = _fold(state.keys_b, step)
+  logits_bv = backbone.text_logits(params, state.hidden_bd[:, None])[:, 0]
+  banned_bv = _banned(settings.stop_bs, logits_bv.shape[-1], step < settings.min_new_b)
+  token_b = sample(_fold(keys_b, 0), logits_bv, settings.text, banned_bv)
+  forced_b = settings.forced_bn[:, step]
+  token_b = jnp.where(forced_b >= 0, forced_b, token_b)
+  active_b = ~state.done_b
+  patch_b = active_b & (token_b == empty_id)
+
+  cond_bd = model.local_cond(params, cfg, state.hidden_bd[:, None])[:, 0]
+  empty_c = jnp.asarray(cfg.speech_zeroemb_idx, jnp.int32)
+
+  def run_decoder(_):
+    codes_bgc, _, logits = decode_patch(params, cfg, cond_bd, _fold(keys_b, 1), settings.audio)
+    return codes_bgc, logits
+
+  def skip_decoder(_):
+    return (jnp.broadcast_to(empty_c, (b, g, c)),
+            tuple(jnp.zeros((b, g, v), jnp.float32) for v in cfg.speech_vocab_size))
+
+  codes_bgc, local_logits = jax.lax.cond(jnp.any(patch_b), run_decoder, skip_decoder, None)
+  codes_bgc = jnp.where(patch_b[:, None, None], codes_bgc, empty_c)
+
+  write = lambda buf, new, keep: jax.lax.dynamic_update_index_in_dim(
+      buf, jnp.where(keep, new, jax.lax.dynamic_index_in_dim(buf, step, 1, False)), step, 1)
+  text_bn = write(state.text_bn, token_b, active_b)
+  codes_bngc = write(state.codes_bngc, codes_bgc, active_b[:, None, None])
+  n_new_b = state.n_new_b + active_b
+  is_stop_b = jnp.any((settings.stop_bs == token_b[:, None]) & (settings.stop_bs >= 0), axis=1)
+  stop_b = active_b & is_stop_b & (n_new_b >= settings.min_new_b)
+  done_b = state.done_b | stop_b | (active_b & (n_new_b >= settings.max_new_b))
+
+  text_logits_bnv, recorded_local = state.text_logits_bnv, state.local_logits
+  if text_logits_bnv is not None:
+    text_logits_bnv = write(text_logits_bnv, logits_bv, active_b[:, None])
+    recorded_local = tuple(write(buf, new, patch_b[:, None, None])
+                           for buf, new in zip(recorded_local, local_logits))
+
+  # Feed text + patch back (the text token sits at the group's first column; the patch encoder
+  # and the text embedding read nothing else of row 0).
+  text_bl = jnp.full((b, g), FILLER, jnp.int32).at[:, 0].set(token_b)
+  ids_bkl = jnp.concatenate([text_bl[:, None], codes_bgc.transpose(0, 2, 1)], axis=1)
+  hidden_bd, cache = _feed(params, cfg, empty_id, ids_bkl, state.positions_b[:, None],
+                           jnp.ones((b, 1), jnp.int32), state.cache)
+  return state._replace(cache=cache, hidden_bd=hidden_bd, step=step + 1,
+                        positions_b=state.positions_b + 1, done_b=done_b, n_new_b=n_new_b,
+                        stopped_b=state.stopped_b | stop_b, text_bn=text_bn,
+                        codes_bngc=codes_bngc, text_logits_bnv=text_logits_bnv,
+                        local_logits=recorded_local)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "empty_id"), donate_argnames=("state",))
+def decode(params: dict, cfg: MimoAudioConfig, state: State, settings: Settings,
+           until: jax.Array, *, empty_id: int) -> State:
+  """Takes LLM steps until `until` steps in total (at most the buffer's n) or all rows are done."""
+  until = jnp.minimum(until, state.text_bn.shape[1])
+  return jax.lax.while_loop(lambda s: (s.step < until) & ~jnp.all(s.done_b),
+                            functools.partial(_step, params, cfg, empty_id, settings), state)
+
+
+# --- host side ----------------------------------------------------------------------------------
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+  """n rounded up to a power of two times 1, 1.25, 1.5 or 1.75 (<= 25% padding)."""
+  n = max(n, minimum)
+  step = 1 << max(0, n.bit_length() - 3)
+  return -(-n // step) * step
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One generation: a prompt in the [1 + c, g * p] layout and how to continue it."""
+
+  prompt_kl: np.ndarray
+  max_new: int
+  stop_ids: tuple[int, ...] = ()
+  min_new: int = 0
+  text: SamplerConfig = SamplerConfig(greedy=True)
+  audio: SamplerConfig = SamplerConfig(greedy=True)
+  seed: int = 0
+  forced_text: tuple[int, ...] = ()  # text tokens imposed on the first steps (tests, scripts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """What one row generated: its new columns [1 + c, g * n] (text at each group's first column,
+  FILLER in the others, as the layout writes it), whether it ended on a stop token, and the
+  recorded logits (text [n, v]; per channel [n, g, v_c]) when asked for."""
+
+  tokens_kl: np.ndarray
+  stopped: bool
+  text_logits_nv: np.ndarray | None = None
+  local_logits: tuple | None = None
+
+  @property
+  def text_ids(self) -> np.ndarray:
+    """The text token of every step, [n]."""
+    return self.tokens_kl[0][self.tokens_kl[0] != FILLER]
+
+
+def pack(cfg: MimoAudioConfig, requests: list[Request], *, batch: int | None = None,
+         prompt_positions: int | None = None, max_new: int | None = None):
+  """Left-pads the prompts into one batch; returns (prompt_bkl, prompt_len_b, keys_b, settings,
+  max_new) with the batch, prompt length and step count rounded up to buckets (or as given)."""
+  g, c = cfg.group_size, cfg.audio_channels
+  lens = [_positions(r.prompt_kl, cfg) for r in requests]
+  p = prompt_positions or bucket(max(lens))
+  n = max_new or bucket(max(r.max_new for r in requests))
+  b = batch or 1 << (len(requests) - 1).bit_length()
+  if p < max(lens) or n < max(r.max_new for r in requests) or b < len(requests):
+    raise ValueError(f"pack: batch {b}, prompt_positions {p}, max_new {n} cannot hold "
+                     f"{len(requests)} requests of up to {max(lens)} positions and "
+                     f"{max(r.max_new for r in requests)} steps")
+  # Padding: text id 0 with empty audio rows (finite embeddings; segment 0 hides them), and
+  # dummy rows of one such position that stop after one step.
+  prompt_bkl = np.zeros((b, 1 + c, g * p), np.int32)
+  prompt_bkl[:, 1:] = np.asarray(cfg.speech_zeroemb_idx, np.int32)[None, :, None]
+  len_b = np.ones((b,), np.int32)
+  stop_len = max([len(r.stop_ids) for r in requests] + [1])
+  stop_bs = np.full((b, stop_len), -1, np.int32)
+  min_b, max_b = np.zeros((b,), np.int32), np.ones((b,), np.int32)
+  forced_bn = np.full((b, n), -1, np.int32)
+  dummy = Request(np.zeros((1 + c, 0), np.int32), 1)
+  rows = requests + [dummy] * (b - len(requests))
+  for i, (r, length) in enumerate(zip(requests, lens)):
+    prompt_bkl[i, :, g * (p - length):] = r.prompt_kl
+    len_b[i] = length
+    stop_bs[i, :len(r.stop_ids)] = r.stop_ids
+    min_b[i], max_b[i] = r.min_new, r.max_new
+    forced_bn[i, :len(r.forced_text)] = r.forced_text
+  keys_b = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(0), s))(
+      jnp.asarray([r.seed for r in rows], jnp.uint32))
+  settings = Settings(SamplerParams.of([r.text for r in rows]),
+                      SamplerParams.of([r.audio for r in rows]),
+                      stop_bs, min_b, max_b, forced_bn)
+  return prompt_bkl, len_b, keys_b, settings, n
+
+
+def _positions(prompt_kl: np.ndarray, cfg: MimoAudioConfig) -> int:
+  k, length = np.shape(prompt_kl)
+  if k != 1 + cfg.audio_channels or length % cfg.group_size or length == 0:
+    raise ValueError(f"prompt: expected a non-empty [1 + {cfg.audio_channels}, "
+                     f"{cfg.group_size} * P] layout array, got shape {np.shape(prompt_kl)}")
+  return length // cfg.group_size
+
+
+def unpack(cfg: MimoAudioConfig, state: State, n_rows: int) -> list[Generation]:
+  """Each real row's generated columns, trimmed to the steps it took."""
+  g = cfg.group_size
+  text_bn, codes_bngc = np.asarray(state.text_bn), np.asarray(state.codes_bngc)
+  n_new_b, stopped_b = np.asarray(state.n_new_b), np.asarray(state.stopped_b)
+  out = []
+  for i in range(n_rows):
+    n = int(n_new_b[i])
+    tokens_kl = np.full((1 + cfg.audio_channels, g * n), FILLER, np.int32)
+    tokens_kl[0, ::g] = text_bn[i, :n]
+    tokens_kl[1:] = codes_bngc[i, :n].reshape(g * n, -1).T
+    recorded = {}
+    if state.text_logits_bnv is not None:
+      recorded = dict(text_logits_nv=np.asarray(state.text_logits_bnv[i, :n]),
+                      local_logits=tuple(np.asarray(l[i, :n]) for l in state.local_logits))
+    out.append(Generation(tokens_kl, bool(stopped_b[i]), **recorded))
+  return out
+
+
+def generate(params: dict, cfg: MimoAudioConfig, requests: list[Request], *, empty_id: int,
+             record_logits: bool = False, **buckets) -> list[Generation]:
+  """Runs the requests as one batch (see `pack` for the buckets) and returns one result each."""
+  prompt_bkl, len_b, keys_b, settings, n = pack(cfg, requests, **buckets)
+  state = prefill(params, cfg, prompt_bkl, len_b, keys_b, empty_id=empty_id, max_new=n,
+                  record_logits=record_logits)
+  state = decode(params, cfg, state, settings, jnp.int32(n), empty_id=empty_id)
+  return unpack(cfg, state, len(requests))
