@@ -38,17 +38,22 @@ MAX_BATCH = 8  # rows per compiled call
 
 
 class AudioError(ValueError):
-  """Audio that cannot be encoded; the message says why."""
+  """Audio that cannot be encoded; the message says why and `reason` names the kind of problem
+  (a short key that data pipelines count skipped files by)."""
+
+  def __init__(self, message: str, reason: str = "invalid_audio"):
+    super().__init__(message)
+    self.reason = reason
 
 
 def load_audio(path: str) -> tuple[np.ndarray, int]:
   """Reads a file with soundfile: float32 [samples] or [samples, channels] and its sample rate."""
   if not os.path.isfile(path):
-    raise AudioError(f"{path}: no such audio file")
+    raise AudioError(f"{path}: no such audio file", "missing_file")
   try:
     wav, sr = soundfile.read(path, dtype="float32", always_2d=False)
   except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
-    raise AudioError(f"{path}: not a readable audio file ({e})") from None
+    raise AudioError(f"{path}: not a readable audio file ({e})", "unreadable") from None
   return wav, sr
 
 
@@ -69,16 +74,16 @@ def prepare_audio(wav, sr: int, cfg: CodecConfig, name: str = "audio") -> np.nda
   elif wav.ndim != 1:
     raise AudioError(f"{name}: expected [samples] or [samples, channels], got shape {wav.shape}")
   if wav.size == 0:
-    raise AudioError(f"{name}: empty audio")
+    raise AudioError(f"{name}: empty audio", "empty")
   bad = int(np.sum(~np.isfinite(wav)))
   if bad:
-    raise AudioError(f"{name}: {bad} non-finite sample(s) (NaN or inf)")
+    raise AudioError(f"{name}: {bad} non-finite sample(s) (NaN or inf)", "non_finite")
   wav = wav.astype(np.float32)
   if sr != cfg.sampling_rate:
     wav = librosa.resample(wav, orig_sr=int(sr), target_sr=cfg.sampling_rate).astype(np.float32)
   if len(wav) < mel.min_samples(cfg):
     raise AudioError(f"{name}: {len(wav)} samples at {cfg.sampling_rate} Hz; at least "
-                     f"{mel.min_samples(cfg)} are needed")
+                     f"{mel.min_samples(cfg)} are needed", "too_short")
   return wav
 
 

@@ -1,0 +1,155 @@
+"""Packing: variable-length examples -> fixed-length sequences of P LLM positions.
+
+An example is a dict with `input_ids` int32 [1 + C, G * P_i] (the layout of `lm.layout`) and
+`loss_mask` [P_i] (1 where the position's token is a training target, as `lm.loss` reads it).
+A packed sequence holds whole examples one after another:
+  input_ids [1 + C, G * P]  the examples' columns, then padding positions;
+  segment_ids [P] int32     1, 2, ... per example in the sequence, 0 on padding;
+  positions [P] int32       0 .. P_i - 1 within each example (RoPE restarts), 0 on padding;
+  loss_mask [P] int32       the examples' masks, 0 on padding.
+Padding positions are text positions of `<|endoftext|>` (audio rows at the empty ids), so they
+embed like any text token and segment id 0 keeps them out of attention and the loss.
+
+Examples are never split: one longer than P is dropped and counted, unless `split_long` cuts it
+into P-position pieces, each its own segment. Packing is first-fit over a window of consecutive
+examples (bins emitted in the order they were opened), so a window's sequences depend only on the
+window's examples: `PackIterDataset` checkpoints as (parent state at the window start, sequences
+emitted from it), a small JSON state that resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import grain
+import numpy as np
+
+from mimo_jax.lm import layout as layout_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Packer:
+  """Packs lists of examples into sequences of `seq_positions` positions."""
+
+  seq_positions: int
+  layout: layout_lib.Layout
+  split_long: bool = False
+
+  def __post_init__(self):
+    if self.seq_positions < 1:
+      raise ValueError(f"seq_positions must be >= 1, got {self.seq_positions}")
+
+  def n_positions(self, example: dict) -> int:
+    return example["input_ids"].shape[1] // self.layout.group_size
+
+  def pieces(self, example: dict) -> list[dict]:
+    """The example as it goes into bins: itself, or P-position pieces if `split_long`."""
+    n, p, g = self.n_positions(example), self.seq_positions, self.layout.group_size
+    if n <= p or not self.split_long:
+      return [example]
+    return [{"input_ids": example["input_ids"][:, g * s:g * (s + p)],
+             "loss_mask": example["loss_mask"][s:s + p]} for s in range(0, n, p)]
+
+  def pack(self, examples: list[dict]) -> tuple[list[dict], int]:
+    """First-fit packing of the examples, in order; returns the sequences and how many examples
+    were dropped for being longer than a sequence (never when `split_long`)."""
+    bins: list[list[dict]] = []
+    free: list[int] = []
+    dropped = 0
+    for example in examples:
+      for piece in self.pieces(example):
+        n = self.n_positions(piece)
+        if n > self.seq_positions or n == 0:
+          dropped += n > 0  # an empty example has nothing to train on; nothing to count
+          continue
+        slot = next((i for i, room in enumerate(free) if room >= n), None)
+        if slot is None:
+          bins.append([])
+          free.append(self.seq_positions)
+          slot = len(bins) - 1
+        bins[slot].append(piece)
+        free[slot] -= n
+    return [self.sequence(b) for b in bins], dropped
+
+  def sequence(self, pieces: list[dict]) -> dict:
+    """One packed sequence (see the module doc) of pieces that fit."""
+    p, g = self.seq_positions, self.layout.group_size
+    used = sum(self.n_positions(x) for x in pieces)
+    pad_kl = layout_lib.build_sequence(
+        [layout_lib.TextSegment(np.full(p - used, self.layout.tokens.endoftext, np.int32))],
+        self.layout)
+    input_ids = np.concatenate([x["input_ids"].astype(np.int32) for x in pieces] + [pad_kl], axis=1)
+    segment_ids, positions, loss_mask = (np.zeros(p, np.int32) for _ in range(3))
+    start = 0
+    for i, x in enumerate(pieces):
+      n = self.n_positions(x)
+      segment_ids[start:start + n] = i + 1
+      positions[start:start + n] = np.arange(n)
+      loss_mask[start:start + n] = np.asarray(x["loss_mask"], np.int32)
+      start += n
+    assert input_ids.shape[1] == g * p
+    return {"input_ids": input_ids, "segment_ids": segment_ids, "positions": positions,
+            "loss_mask": loss_mask}
+
+
+class PackIterDataset(grain.IterDataset):
+  """Packs the parent's examples in windows of `window` consecutive examples."""
+
+  def __init__(self, parent: grain.IterDataset, packer: Packer, window: int = 64):
+    super().__init__(parent)
+    if window < 1:
+      raise ValueError(f"window must be >= 1, got {window}")
+    self._packer, self._window = packer, window
+
+  def __iter__(self) -> _PackIterator:
+    return _PackIterator(self._parent.__iter__(), self._packer, self._window)
+
+
+class _PackIterator(grain.DatasetIterator):
+  """State: the parent's state where the current window starts, sequences emitted from that
+  window, and the examples dropped before it."""
+
+  def __init__(self, parent: grain.DatasetIterator, packer: Packer, window: int):
+    super().__init__(parent)
+    self._packer, self._window = packer, window
+    self._window_state = parent.get_state()
+    self._sequences: list[dict] = []
+    self._emitted = 0
+    self._dropped_before = self._dropped_in_window = 0
+
+  def _read_window(self) -> bool:
+    examples = list(itertools.islice(self._parent, self._window))
+    self._sequences, self._dropped_in_window = self._packer.pack(examples)
+    self._emitted = 0
+    return bool(examples)
+
+  def __next__(self) -> dict:
+    while self._emitted >= len(self._sequences):
+      self._dropped_before += self._dropped_in_window
+      self._dropped_in_window = 0
+      self._window_state = self._parent.get_state()
+      if not self._read_window():
+        self._sequences = []
+        raise StopIteration
+    self._emitted += 1
+    return self._sequences[self._emitted - 1]
+
+  @property
+  def dropped(self) -> int:
+    """Examples dropped so far for being longer than a sequence."""
+    return self._dropped_before + self._dropped_in_window
+
+  def get_state(self) -> dict:
+    return {"parent": self._window_state, "emitted": self._emitted,
+            "dropped_before": self._dropped_before}
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state["parent"])
+    self._window_state = state["parent"]
+    self._dropped_before = state["dropped_before"]
+    if state["emitted"]:
+      self._read_window()
+      self._emitted = state["emitted"]
+    else:
+      self._sequences, self._emitted, self._dropped_in_window = [], 0, 0

@@ -1,0 +1,268 @@
+"""Pre-tokenisation: utterance records -> ArrayRecord shards of codec codes and text token ids.
+
+Audio is tokenised once and training reads the shards (spec §5.1: at scale the codec cannot run
+inside the training input pipeline). The work is cut into shards of `records_per_shard`
+consecutive source records; shard k belongs to host k % process_count, so every host of a pod runs
+the same command and takes its share with no coordination.
+
+Resumable: a shard is written to `<name>.partial`, its statistics are saved as `<name>.json`, and
+only then is the shard renamed to its final name, so a final shard file is always complete and a
+killed run leaves at most a partial file, which the next run rewrites. Finished shards are
+skipped. Shard contents depend only on the source records and the settings (`plan.json` in the
+output folder guards against resuming with different ones), so a resumed run writes the same
+bytes as an uninterrupted one.
+
+Each shard record is a msgpack map (`flax.serialization`): `codes` uint16 [T, n_q] (25 Hz),
+`text_ids` int32 [n], and the metadata `key`, `audio`, `text`, `speaker`, `language`, `task`,
+`seconds`. Bad inputs are skipped and counted by reason (`manifest.Skips`); the report
+(`report.json`, or `report-process-<i>.json` per host of a pod) lists them with the counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+from array_record.python import array_record_module
+from etils import epath
+from flax import serialization
+
+from mimo_jax.codec import api
+from mimo_jax.codec.api import AudioError
+from mimo_jax.codec.config import CodecConfig
+from mimo_jax.data import manifest
+from mimo_jax.data.audio import AudioLimits, load_clip
+
+TEXT_TOO_LONG = "text_too_long"
+ENCODE_FAILED = "encode_failed"
+# One record per ArrayRecord chunk: random access (what Grain's shuffling reads) stays O(1).
+WRITER_OPTIONS = "group_size:1"
+SHARD_SUFFIX = ".array_record"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything besides the source that decides a shard's bytes (saved in plan.json)."""
+
+  records_per_shard: int = 256
+  n_q: int = api.DEFAULT_N_Q
+  max_text_tokens: int = 4096
+  limits: AudioLimits = AudioLimits()
+
+  def __post_init__(self):
+    if self.records_per_shard < 1:
+      raise ValueError(f"records_per_shard must be >= 1, got {self.records_per_shard}")
+    if self.max_text_tokens < 1:
+      raise ValueError(f"max_text_tokens must be >= 1, got {self.max_text_tokens}")
+
+
+def shard_name(index: int, count: int) -> str:
+  return f"shard-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+def shard_paths(output: str) -> list[str]:
+  """The finished shards in an output folder, in order (what the training pipeline reads)."""
+  return sorted(str(p) for p in epath.Path(output).glob(f"shard-*{SHARD_SUFFIX}"))
+
+
+def serialize(example: dict) -> bytes:
+  return serialization.msgpack_serialize(example)
+
+
+def deserialize(data: bytes) -> dict:
+  """A shard record -> dict with numpy `codes` [T, n_q] uint16 and `text_ids` [n] int32."""
+  return serialization.msgpack_restore(data)
+
+
+class Progress:
+  """Prints files/s, audio hours/s and the ETA at most every `interval` seconds."""
+
+  def __init__(self, total_files: int, interval: float = 10.0, out=sys.stdout):
+    self.total, self.interval, self.out = total_files, interval, out
+    self.files, self.seconds = 0, 0.0
+    self.start = self.last = time.monotonic()
+
+  def update(self, files: int, audio_seconds: float) -> None:
+    self.files += files
+    self.seconds += audio_seconds
+    now = time.monotonic()
+    if now - self.last >= self.interval or self.files == self.total:
+      self.last = now
+      print(self.line(now), file=self.out, flush=True)
+
+  def line(self, now: float) -> str:
+    elapsed = max(now - self.start, 1e-9)
+    rate = self.files / elapsed
+    eta = (self.total - self.files) / rate if rate > 0 else float("inf")
+    return (f"files {self.files}/{self.total} ({rate:.2f}/s), audio {self.seconds / 3600:.3f} h "
+            f"({self.seconds / 3600 / elapsed:.4f} h/s), ETA {_duration(eta)}")
+
+
+def _duration(seconds: float) -> str:
+  if seconds == float("inf"):
+    return "unknown"
+  minutes, s = divmod(int(round(seconds)), 60)
+  hours, m = divmod(minutes, 60)
+  return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s"
+
+
+def _write_json_atomic(path: epath.Path, content: dict) -> None:
+  partial = path.parent / (path.name + ".partial")
+  partial.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+  partial.rename(path)
+
+
+def _check_plan(output: epath.Path, plan: dict) -> None:
+  """Writes plan.json, or checks that an existing one matches: resuming with other settings
+  would mix shards of two different cuts."""
+  path = output / "plan.json"
+  if path.exists():
+    old = json.loads(path.read_text())
+    if old != plan:
+      changed = sorted(k for k in plan if old.get(k) != plan[k])
+      raise ValueError(f"{output}: holds shards of different settings ({', '.join(changed)} "
+                       f"differ from {path}); use a new --output or the same flags")
+    return
+  _write_json_atomic(path, plan)
+
+
+def tokenize_shard(records: list[manifest.Record], params, cfg: CodecConfig,
+                   encode_text: Callable[[str], np.ndarray], settings: Settings,
+                   batch_size: int, progress: Progress | None = None
+                   ) -> tuple[list[bytes], manifest.Skips, float]:
+  """The serialized examples of one shard's records (in record order), the skips, audio seconds.
+
+  Texts are checked first (cheap), then each clip is read and checked, then the valid clips are
+  encoded `batch_size` at a time.
+  """
+  skips = manifest.Skips()
+  valid = []
+  for record in records:
+    text_ids = np.asarray(encode_text(record.text), np.int32)
+    if len(text_ids) > settings.max_text_tokens:
+      skips.add(TEXT_TOO_LONG, record.key, f"{record.key}: {len(text_ids)} text tokens > "
+                f"{settings.max_text_tokens}")
+      continue
+    try:
+      wav = load_clip(record.audio, cfg, settings.limits)
+    except AudioError as e:
+      skips.add(e.reason, record.key, f"{record.key}: {e}")
+      continue
+    valid.append((record, text_ids, wav))
+  examples, total_seconds = [], 0.0
+  for first in range(0, len(valid), batch_size):
+    batch = valid[first:first + batch_size]
+    codes = api.encode_batch(params, cfg, [wav for _, _, wav in batch], cfg.sampling_rate,
+                             n_q=settings.n_q)
+    seconds = 0.0
+    for (record, text_ids, wav), codes_tq in zip(batch, codes):
+      seconds += len(wav) / cfg.sampling_rate
+      examples.append(serialize({
+          "key": record.key, "audio": record.audio, "text": record.text,
+          "speaker": record.speaker, "language": record.language, "task": record.task,
+          "seconds": len(wav) / cfg.sampling_rate,
+          "codes": np.asarray(codes_tq, np.uint16), "text_ids": text_ids}))
+    total_seconds += seconds
+    if progress is not None:
+      progress.update(len(batch), seconds)
+  if progress is not None and len(records) > len(valid):
+    progress.update(len(records) - len(valid), 0.0)
+  return examples, skips, total_seconds
+
+
+def _write_shard(path: epath.Path, examples: list[bytes]) -> None:
+  """Writes the shard to `<path>.partial` (on local disk for remote outputs), then moves it."""
+  if "://" in str(path):
+    with tempfile.TemporaryDirectory() as tmp:
+      local = os.path.join(tmp, path.name)
+      _write_records(local, examples)
+      epath.Path(local).copy(path, overwrite=True)
+    return
+  partial = path.parent / (path.name + ".partial")
+  _write_records(str(partial), examples)
+  partial.rename(path)  # atomic on one file system: the final name only ever holds a whole shard
+
+
+def _write_records(path: str, examples: list[bytes]) -> None:
+  writer = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
+  for example in examples:
+    writer.write(example)
+  writer.close()
+
+
+def run(records: list[manifest.Record], source_skips: manifest.Skips, output: str, params,
+        cfg: CodecConfig, encode_text: Callable[[str], np.ndarray], settings: Settings, *,
+        batch_size: int = 8, process_index: int = 0, process_count: int = 1,
+        source: str = "", progress_interval: float = 10.0, out=sys.stdout) -> dict:
+  """Tokenises this host's shards of `records` into `output`; returns (and saves) the report."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  out_dir = epath.Path(output)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  n_shards = max(1, -(-len(records) // settings.records_per_shard))
+  plan = {"source": source, "records": len(records), "shards": n_shards,
+          "records_per_shard": settings.records_per_shard, "n_q": settings.n_q,
+          "max_text_tokens": settings.max_text_tokens,
+          "limits": dataclasses.asdict(settings.limits),
+          "codec": {"sampling_rate": cfg.sampling_rate, "d_model": cfg.d_model,
+                    "num_quantizers": cfg.num_quantizers}}
+  _check_plan(out_dir, plan)
+  mine = list(range(process_index, n_shards, process_count))
+  cut = lambda k: records[k * settings.records_per_shard:(k + 1) * settings.records_per_shard]
+  todo = [k for k in mine if not (out_dir / shard_name(k, n_shards)).exists()]
+  print(f"pre-tokenising {len(records)} records into {n_shards} shards at {output}: this host "
+        f"(process {process_index} of {process_count}) owns {len(mine)}, {len(mine) - len(todo)} "
+        f"already finished", file=out, flush=True)
+  progress = Progress(sum(len(cut(k)) for k in todo), progress_interval, out)
+  for k in todo:
+    name = shard_name(k, n_shards)
+    examples, skips, seconds = tokenize_shard(cut(k), params, cfg, encode_text, settings,
+                                              batch_size, progress)
+    _write_json_atomic(out_dir / (name[:-len(SHARD_SUFFIX)] + ".json"),
+                       {"shard": name, "records": len(cut(k)), "written": len(examples),
+                        "audio_seconds": seconds, "skips": skips.to_json()})
+    _write_shard(out_dir / name, examples)
+  report = summarize(output, mine, n_shards, source_skips if process_index == 0 else None)
+  report.update(process_index=process_index, process_count=process_count,
+                seconds_this_run=round(time.monotonic() - progress.start, 3))
+  name = "report.json" if process_count == 1 else f"report-process-{process_index:05d}.json"
+  _write_json_atomic(out_dir / name, report)
+  print(format_report(report), file=out, flush=True)
+  return report
+
+
+def summarize(output: str, shards: list[int], n_shards: int,
+              source_skips: manifest.Skips | None) -> dict:
+  """Counts over the given finished shards (from their saved statistics), plus source skips."""
+  out_dir = epath.Path(output)
+  skips = manifest.Skips()
+  if source_skips is not None:
+    skips.merge(source_skips)
+  records = written = 0
+  seconds = 0.0
+  for k in shards:
+    stats = json.loads((out_dir / (shard_name(k, n_shards)[:-len(SHARD_SUFFIX)] + ".json"))
+                       .read_text())
+    records += stats["records"]
+    written += stats["written"]
+    seconds += stats["audio_seconds"]
+    skips.merge(stats["skips"])
+  return {"shards": len(shards), "records": records + (source_skips.total if source_skips else 0),
+          "written": written, "skipped": skips.total, "audio_hours": seconds / 3600,
+          "skips": skips.to_json()}
+
+
+def format_report(report: dict) -> str:
+  lines = [f"done: {report['written']} of {report['records']} records written to "
+           f"{report['shards']} shards ({report['audio_hours']:.4f} h of audio), "
+           f"{report['skipped']} skipped"]
+  for reason, count in report["skips"]["counts"].items():
+    first = report["skips"]["examples"][reason][0]["message"]
+    lines.append(f"  {reason}: {count} (e.g. {first})")
+  return "\n".join(lines)
