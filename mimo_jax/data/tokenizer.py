@@ -106,9 +106,19 @@ class TextTokenizer:
 
   # --- use ------------------------------------------------------------------------------------
 
-  def encode(self, text: str) -> np.ndarray:
-    """int32 ids [n] of `text`, no special tokens inserted (`<|...|>` strings keep their ids)."""
-    return layout.encode_text(self.hf, text)
+  def encode(self, text: str, special: bool = True) -> np.ndarray:
+    """int32 ids [n] of `text`, no special tokens inserted. With `special` a `<|...|>` string in
+    the text maps to its own id (prompt markup); without it, it is spelled out as plain text
+    (data: a transcript that happens to hold `<|im_end|>` must not end a turn)."""
+    return layout.encode_text(self.hf if special else self._plain, text)
+
+  @functools.cached_property
+  def _plain(self) -> tokenizers.Tokenizer:
+    """A copy that reads special strings as text (a separate object, so no shared flag flips
+    under concurrent callers)."""
+    plain = tokenizers.Tokenizer.from_str(self.hf.to_str())
+    plain.encode_special_tokens = True
+    return plain
 
   def decode(self, ids_n: Sequence[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
     return self.hf.decode([int(i) for i in ids_n], skip_special_tokens=skip_special_tokens)
