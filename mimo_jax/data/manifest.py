@@ -157,8 +157,9 @@ def read_librispeech(root: str, skips: Skips) -> list[Record]:
   base = epath.Path(root)
   if not base.exists():
     raise FileNotFoundError(f"corpus folder {root}: no such folder")
+  files = sorted(_walk(base), key=str)
   records = {}
-  for trans in base.rglob("*.trans.txt"):
+  for trans in (f for f in files if f.name.endswith(".trans.txt")):
     for number, line in enumerate(trans.read_text().splitlines(), start=1):
       if not line.strip():
         continue
@@ -168,12 +169,21 @@ def read_librispeech(root: str, skips: Skips) -> list[Record]:
         continue
       records[utt] = _libri_record(utt, str(trans.parent / f"{utt}.flac"), text)
   for suffix in (".normalized.txt", ".original.txt"):
-    for text_file in base.rglob(f"*{suffix}"):
+    for text_file in (f for f in files if f.name.endswith(suffix)):
       utt = text_file.name[:-len(suffix)]
       if utt not in records:
         records[utt] = _libri_record(utt, str(text_file.parent / f"{utt}.wav"),
                                      text_file.read_text())
   return [records[k] for k in sorted(records)]
+
+
+def _walk(folder: epath.Path):
+  """Every file under `folder` (epath's glob refuses `**` on GCS, so walk with iterdir)."""
+  for entry in folder.iterdir():
+    if entry.is_dir():
+      yield from _walk(entry)
+    else:
+      yield entry
 
 
 def _libri_record(utt: str, audio: str, text: str) -> Record:

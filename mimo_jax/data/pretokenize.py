@@ -115,7 +115,7 @@ def _duration(seconds: float) -> str:
 def _write_json_atomic(path: epath.Path, content: dict) -> None:
   partial = path.parent / (path.name + ".partial")
   partial.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
-  partial.rename(path)
+  partial.replace(path)
 
 
 def _check_plan(output: epath.Path, plan: dict) -> None:
@@ -176,7 +176,7 @@ def tokenize_shard(records: list[manifest.Record], params, cfg: CodecConfig,
   return examples, skips, total_seconds
 
 
-def _write_shard(path: epath.Path, examples: list[bytes]) -> None:
+def write_shard(path: epath.Path, examples: list[bytes]) -> None:
   """Writes the shard to `<path>.partial` (on local disk for remote outputs), then moves it."""
   if "://" in str(path):
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,7 +186,7 @@ def _write_shard(path: epath.Path, examples: list[bytes]) -> None:
     return
   partial = path.parent / (path.name + ".partial")
   _write_records(str(partial), examples)
-  partial.rename(path)  # atomic on one file system: the final name only ever holds a whole shard
+  partial.replace(path)  # atomic on one file system: the final name only ever holds a whole shard
 
 
 def _write_records(path: str, examples: list[bytes]) -> None:
@@ -227,7 +227,7 @@ def run(records: list[manifest.Record], source_skips: manifest.Skips, output: st
     _write_json_atomic(out_dir / (name[:-len(SHARD_SUFFIX)] + ".json"),
                        {"shard": name, "records": len(cut(k)), "written": len(examples),
                         "audio_seconds": seconds, "skips": skips.to_json()})
-    _write_shard(out_dir / name, examples)
+    write_shard(out_dir / name, examples)
   report = summarize(output, mine, n_shards, source_skips if process_index == 0 else None)
   report.update(process_index=process_index, process_count=process_count,
                 seconds_this_run=round(time.monotonic() - progress.start, 3))
