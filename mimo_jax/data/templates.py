@@ -284,13 +284,20 @@ def chat(fmt: Formatter, task: str, history: Sequence[Turn], answer: str | Speec
 
   A text answer follows `<think>\\n\\n</think>\\n` (`<think>\\n` with `thinking`); a `Speech`
   answer is a stream right after `<|im_start|>assistant\\n`. With `answer=None` the prompt ends
-  where the model starts answering; `speech_answer` says which kind to open.
+  where the model starts answering; `speech_answer` says which kind to open (and, with an answer,
+  requires a `Speech`).
   """
   prompt: list[Segment] = []
   for turn in history:
     prompt += _render_turn(fmt, task, turn)
   prompt.append(fmt.markup("<|im_start|>assistant\n"))
-  speech_answer = isinstance(answer, Speech) if answer is not None else speech_answer
+  if answer is not None:
+    if speech_answer and not isinstance(answer, Speech):
+      raise TemplateError(f"{task}: a speech answer must be a Speech, got {type(answer).__name__}")
+    if not isinstance(answer, (str, Speech)):
+      raise TemplateError(f"{task}: an answer must be a str or a Speech, got "
+                          f"{type(answer).__name__}")
+    speech_answer = isinstance(answer, Speech)
   if speech_answer:
     stop = (_EOS, "<|eostm|>", "<|im_end|>")
   else:
@@ -300,13 +307,9 @@ def chat(fmt: Formatter, task: str, history: Sequence[Turn], answer: str | Speec
     return _example(fmt, task, _prompt_with_stream_open(fmt, prompt) if speech_answer else prompt,
                     None, [], stop, False)
   if speech_answer:
-    if not isinstance(answer, Speech):
-      raise TemplateError(f"{task}: a speech answer must be a Speech, got {type(answer).__name__}")
     _require(task, answer_text=answer.text, answer_audio=answer.audio_tc)
     body = fmt.stream(answer.text, answer.audio_tc)
   else:
-    if not isinstance(answer, str):
-      raise TemplateError(f"{task}: a text answer must be a str, got {type(answer).__name__}")
     _require(task, answer=answer)
     body = fmt.data(answer)
   return _example(fmt, task, prompt, [body, fmt.markup("<|im_end|>")], [fmt.markup("\n")], stop,
