@@ -144,11 +144,12 @@ class Example:
 
 def _example(fmt: Formatter, task: str, prompt: list[Segment], answer: list[Segment] | None,
              after: list[Segment], stop: Sequence[str], train_all: bool) -> Example:
-  """Builds prompt + answer + after. A prompt (answer None) whose answer would be a stream ends
-  with `<|sostm|>`, the stream's first position, so it is always a prefix of the example."""
+  """prompt + answer + after, the answer trained (everything with `train_all`). With answer None,
+  the prompt alone: a caller whose answer is a stream ends it with `<|sostm|>`, the stream's
+  first position, so a prompt is always a prefix of its example."""
   lay = fmt.layout
   stop_ids = tuple(fmt.tokenizer.token_to_id(s) for s in stop)
-  speech_answer = answer is not None and answer and isinstance(answer[0], StreamSegment)
+  speech_answer = bool(answer) and isinstance(answer[0], StreamSegment)
   prompt_kl = layout.build_sequence(prompt, lay)
   n_prompt = prompt_kl.shape[1] // lay.group_size
   if answer is None:
@@ -240,9 +241,8 @@ def speech_continuation(fmt: Formatter, prompt_tc: np.ndarray,
     return Example("speech_continuation", span_kl, np.zeros(n, bool), n,
                    tuple(fmt.tokenizer.token_to_id(s) for s in stop))
   _require("speech_continuation", continuation_tc=continuation_tc)
-  example = _example(fmt, "speech_continuation",
-                     [AudioSegment(np.concatenate([prompt_tc, continuation_tc]))], [],
-                     [fmt.markup(_EOS)], stop, True)
+  span = AudioSegment(np.concatenate([prompt_tc, continuation_tc]))
+  example = _example(fmt, "speech_continuation", [], [span, fmt.markup(_EOS)], [], stop, True)
   return dataclasses.replace(example, prompt_positions=1 + len(prompt_tc) // g)
 
 

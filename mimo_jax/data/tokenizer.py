@@ -68,6 +68,15 @@ class TextTokenizer:
       hf.add_special_tokens([_added(s, special=True) for s in missing])
     self.hf = hf
 
+  def __getstate__(self) -> dict:
+    # Grain workers receive the tokenizer pickled. Only `hf` travels: the plain copy's
+    # `encode_special_tokens` flag is not part of what tokenizers pickles (its JSON), so that
+    # copy is rebuilt on first use instead of coming back reading special strings as tokens.
+    return {"hf": self.hf}
+
+  def __setstate__(self, state: dict) -> None:
+    self.hf = state["hf"]
+
   # --- construction ---------------------------------------------------------------------------
 
   @classmethod
@@ -196,11 +205,13 @@ def _mimo_json() -> str:
   """tokenizer.json text of the MiMo-Audio tokenizer (a few seconds to build, so cached)."""
   ranks = qwen2_ranks()
   to_char = _byte_chars()
-  vocab = {"".join(to_char[b] for b in token): rank for token, rank in ranks.items()}
-  merges = [" ".join("".join(to_char[b] for b in part) for part in _last_merge(token, rank, ranks))
+  spell = lambda token: "".join(to_char[b] for b in token)
+  vocab = {spell(token): rank for token, rank in ranks.items()}
+  # One merge per multi-byte token, in rank order: HF BPE applies merges by list position, which
+  # is then the rank order tiktoken merges by.
+  merges = [tuple(map(spell, _last_merge(token, rank, ranks)))
             for token, rank in sorted(ranks.items(), key=lambda item: item[1]) if len(token) > 1]
-  hf = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[tuple(m.split(" "))
-                                                                       for m in merges]))
+  hf = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges))
   _set_qwen2_pipeline(hf)
   hf.add_special_tokens([_added(s, special) for s, special in QWEN25_ADDED])
   hf.add_special_tokens([_added(s, special=True) for s in MIMO_STRINGS])

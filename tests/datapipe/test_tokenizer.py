@@ -3,6 +3,7 @@ missing special strings, saving for transformers, and the small trained BPE."""
 
 import json
 import os
+import pickle
 import unicodedata
 
 import numpy as np
@@ -79,6 +80,17 @@ def test_chat_markup_and_plain_data_text(mimo, qwen):
   assert list(mimo.encode("<|sostm|>x<|eostm|>")) == [tok.sostm] + qwen.encode("x") + [tok.eostm]
   plain = mimo.encode("say <|im_end|> now", special=False)
   assert tok.im_end not in plain and mimo.decode(plain) == "say <|im_end|> now"
+
+
+def test_pickled_tokenizer_encodes_the_same(official_tiny_lm_dir):
+  """Grain workers get the tokenizer pickled, after the parent has used it."""
+  tok = TextTokenizer.load(official_tiny_lm_dir)
+  text = "say <|im_end|> now"
+  plain, markup = tok.encode(text, special=False), tok.encode(text)
+  assert tok.special_tokens.im_end in markup and tok.special_tokens.im_end not in plain
+  back = pickle.loads(pickle.dumps(tok))
+  np.testing.assert_array_equal(back.encode(text, special=False), plain)
+  np.testing.assert_array_equal(back.encode(text), markup)
 
 
 def test_load_adds_missing_mimo_strings(tmp_path, official_tiny_lm_dir):
