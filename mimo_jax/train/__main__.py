@@ -1,0 +1,79 @@
+"""Train the speech LM: `python -m mimo_jax.train --config=experiments/configs/tiny.py --workdir=DIR`.
+
+  --config               an experiment file (`get_config()`); fields override as
+                         --config.train.phase=generation --config.train.steps=100 ...
+  --workdir              local folder or gs:// path; a workdir with a checkpoint is resumed
+  --mesh                 overrides config.mesh, e.g. data:1,fsdp:-1,tensor:1
+  --init_from            params to start from: another run's workdir or checkpoint folder
+                         (phase 2 from phase 1; the optimizer starts fresh), or an official
+                         MiMo-Audio safetensors folder (its config.json is the model)
+  --multihost            call jax.distributed.initialize() (TPU pods, clusters JAX detects)
+  --coordinator_address, --num_processes, --process_id
+                         explicit jax.distributed settings (e.g. processes on one machine)
+
+Exit status: 0 when the run finished or saved a checkpoint on SIGTERM (preemption), 1 when it
+stopped on non-finite losses (after a checkpoint), 2 on a bad flag or config.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local or gs://).")
+_MESH = flags.DEFINE_string("mesh", None, "Mesh axes and sizes; default: the config's mesh.")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "Params to start from (see module doc).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with no "
+                               "arguments (TPU pods and clusters JAX detects).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+  import jax
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif _MULTIHOST.value:
+    jax.distributed.initialize()
+
+
+def _quiet_orbax() -> None:
+  """Orbax logs every file of every save at INFO; keep its warnings and errors only."""
+  import logging as pylogging
+  logging.get_absl_handler().addFilter(
+      lambda record: "orbax" not in record.pathname or record.levelno >= pylogging.WARNING)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _quiet_orbax()
+  _initialize_distributed()  # before any other JAX call
+  from mimo_jax.config import ConfigError
+  from mimo_jax.sharding import MeshError
+  from mimo_jax.train import loop
+  try:
+    result = loop.train(_CONFIG.value, _WORKDIR.value, mesh_flag=_MESH.value,
+                        init_from=_INIT_FROM.value)
+  except (ConfigError, MeshError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except loop.NonFiniteError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(f"{result.reason} at step {result.step}; checkpoint {result.checkpoint_step} in "
+        f"{_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

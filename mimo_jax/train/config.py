@@ -1,0 +1,235 @@
+"""The experiment config schema: every field a training run reads, with its default.
+
+An experiment file (`experiments/configs/<name>.py`) defines `get_config()` that starts from
+`defaults()` and changes what it needs; `python -m mimo_jax.train --config=<file>` loads it and
+`--config.<field>=<value>` overrides single fields. `validate` checks the whole config before any
+device work, and every error names the field (`config.train.batch_size: ...`).
+
+Blocks:
+  model       which speech LM: a preset or an official config.json, plus field overrides
+  train       phase, steps, batch, optimizer, schedule, LoRA, NaN guard
+  loss        the loss weighting (mimo_jax.config.LossConfig)
+  data        where batches come from
+  checkpoint  Orbax: interval, how many to keep, async
+  log         console / TensorBoard / JSONL interval, the chip for the MFU estimate
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from mimo_jax import config as model_config
+from mimo_jax.config import ConfigError, LossConfig, MimoAudioConfig
+
+SCHEDULES = ("auto", "constant", "cosine")
+DATA_SOURCES = ("synthetic", "shards")
+GROUPS = ("patch_encoder", "llm", "patch_decoder")
+
+# Peak learning rates per module group and phase (spec §5.1); None: the group is frozen.
+PHASE_LEARNING_RATES: dict[str, dict[str, float | None]] = {
+    "understanding": {"patch_encoder": 2e-4, "llm": 3e-5, "patch_decoder": None},
+    "generation": {"patch_encoder": 2e-4, "llm": 3e-5, "patch_decoder": 2e-4},
+    "sft": {"patch_encoder": 5e-5, "llm": 1e-5, "patch_decoder": 5e-5},
+}
+# LR schedule after warm-up per phase (spec §5.1).
+PHASE_SCHEDULES = {"understanding": "constant", "generation": "cosine", "sft": "cosine"}
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every field with its default; experiment files change fields, never add new ones."""
+  return ml_collections.ConfigDict({
+      "model": {
+          # A preset name from mimo_jax.config.PRESETS, or '' to read `config_json`.
+          "preset": "tiny",
+          # An official config.json (or the folder holding it); used when preset is ''.
+          "config_json": "",
+          # Runtime fields of MimoAudioConfig: bf16 compute over fp32 master weights by default.
+          "dtype": "bfloat16",
+          "param_dtype": "float32",
+          "remat_policy": "none",
+          # Shape overrides on top of the preset (official config.json keys), e.g. for small_1b.
+          "overrides": ml_collections.ConfigDict(),
+      },
+      "train": {
+          "phase": "understanding",
+          "steps": 1000,
+          # Global batch in sequences, and LLM positions per sequence (one text token or one
+          # 4-frame audio patch each; the 7B recipe is 2048 x 8192 = 16.8M tokens).
+          "batch_size": 8,
+          "positions": 128,
+          # Micro-batches per optimizer step (the batch is split, gradients averaged).
+          "grad_accum_steps": 1,
+          "seed": 0,
+          # Peak learning rates; None takes the phase's value (PHASE_LEARNING_RATES); 0 freezes.
+          "learning_rates": {g: config_dict.placeholder(float) for g in GROUPS},
+          "schedule": "auto",  # auto: the phase's schedule (PHASE_SCHEDULES)
+          "warmup_ratio": 0.01,
+          # Cosine decays to this fraction of the peak (the paper does not state a final LR).
+          "cosine_final_ratio": 0.1,
+          "adam_b1": 0.9,
+          "adam_b2": 0.95,
+          "adam_eps": 1e-8,
+          "weight_decay": 0.1,  # on matrices only (not biases, norms)
+          "clip_norm": 1.0,
+          # Non-finite loss or gradients: skip the update; this many in a row stops the run
+          # (after a checkpoint).
+          "max_bad_steps": 5,
+          "lora": {
+              "rank": 0,  # 0: no LoRA, the full LLM is trained
+              "alpha": 16.0,
+              # Names of LLM projections that get adapters (the rest of the LLM is frozen).
+              "targets": "q_proj,k_proj,v_proj,o_proj",
+          },
+      },
+      "loss": {
+          # Text first, then one per audio channel; None takes the phase's weights.
+          "channel_weights": config_dict.placeholder(tuple),
+          "empty_loss_weight": 0.01,
+          "text_chunk_size": 0,
+      },
+      "data": {
+          "source": "synthetic",
+          # Pre-tokenised shards (source 'shards'): a glob or folder.
+          "path": "",
+          # Synthetic source: examples in the pool the batches are drawn from, share of audio
+          # positions.
+          "synthetic_examples": 64,
+          "audio_share": 0.5,
+          "seed": 0,
+          # Id of <|empty|> for the synthetic source (the real one comes from the tokenizer).
+          "empty_id": 7,
+      },
+      "checkpoint": {
+          "every_steps": 500,
+          "keep": 3,
+          "async_save": True,
+      },
+      "log": {
+          "every_steps": 10,
+          # Chip name for the MFU estimate (metrics.PEAK_FLOPS); '' detects it from the device.
+          "chip": "",
+          "tensorboard": True,
+      },
+      "mesh": "data:1,fsdp:-1,tensor:1",
+  })
+
+
+def model_from(cfg: ml_collections.ConfigDict) -> MimoAudioConfig:
+  """The MimoAudioConfig a config's `model` block describes."""
+  m = cfg.model
+  runtime = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat_policy": m.remat_policy}
+  overrides = dict(m.overrides)
+  if m.preset:
+    base = model_config.preset(m.preset)
+  elif m.config_json:
+    base = model_config.load_config(m.config_json)
+  else:
+    raise ConfigError("config.model: set preset (e.g. 'tiny') or config_json")
+  for key, value in overrides.items():
+    if key in ("speech_vocab_size", "speech_zeroemb_idx", "delay_pattern"):
+      overrides[key] = tuple(value)
+  try:
+    return base.replace(**overrides, **runtime)
+  except TypeError as e:
+    raise ConfigError(f"config.model.overrides: {e}") from None
+
+
+def loss_from(cfg: ml_collections.ConfigDict) -> LossConfig:
+  weights = cfg.loss.channel_weights
+  return LossConfig(phase=cfg.train.phase,
+                    channel_weights=None if weights is None else tuple(weights),
+                    empty_loss_weight=cfg.loss.empty_loss_weight,
+                    text_chunk_size=cfg.loss.text_chunk_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """The resolved optimizer settings of one run (phase defaults filled in)."""
+
+  learning_rates: tuple[tuple[str, float], ...]  # (group, peak LR); 0 = frozen
+  schedule: str
+  total_steps: int
+  warmup_steps: int
+  cosine_final_ratio: float
+  b1: float
+  b2: float
+  eps: float
+  weight_decay: float
+  clip_norm: float
+  lora_rank: int
+  lora_alpha: float
+  lora_targets: tuple[str, ...]
+
+  def lr(self, group: str) -> float:
+    return dict(self.learning_rates)[group]
+
+
+def optimizer_from(cfg: ml_collections.ConfigDict) -> OptimizerConfig:
+  t = cfg.train
+  phase_lrs = PHASE_LEARNING_RATES[t.phase]
+  lrs = []
+  for group in GROUPS:
+    lr = t.learning_rates[group]
+    lrs.append((group, float(phase_lrs[group] or 0.0) if lr is None else float(lr)))
+  schedule = PHASE_SCHEDULES[t.phase] if t.schedule == "auto" else t.schedule
+  warmup = int(round(t.warmup_ratio * t.steps))
+  targets = tuple(s.strip() for s in t.lora.targets.split(",") if s.strip())
+  return OptimizerConfig(
+      learning_rates=tuple(lrs), schedule=schedule, total_steps=t.steps, warmup_steps=warmup,
+      cosine_final_ratio=t.cosine_final_ratio, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
+      weight_decay=t.weight_decay, clip_norm=t.clip_norm, lora_rank=t.lora.rank,
+      lora_alpha=t.lora.alpha, lora_targets=targets)
+
+
+def _need(ok: bool, field: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Checks every field a run reads; raises ConfigError naming the first bad one."""
+  t, d = cfg.train, cfg.data
+  _need(t.phase in model_config.PHASES, "train.phase",
+        f"must be one of {model_config.PHASES}, got {t.phase!r}")
+  for field in ("steps", "batch_size", "positions", "grad_accum_steps", "max_bad_steps"):
+    value = t[field]
+    _need(isinstance(value, int) and value > 0, f"train.{field}",
+          f"must be a positive integer, got {value!r}")
+  _need(t.batch_size % t.grad_accum_steps == 0, "train.batch_size",
+        f"{t.batch_size} is not divisible by train.grad_accum_steps {t.grad_accum_steps}")
+  _need(t.schedule in SCHEDULES, "train.schedule", f"must be one of {SCHEDULES}, got "
+        f"{t.schedule!r}")
+  _need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
+  _need(0 <= t.cosine_final_ratio <= 1, "train.cosine_final_ratio",
+        f"must be in [0, 1], got {t.cosine_final_ratio}")
+  for group in GROUPS:
+    lr = t.learning_rates[group]
+    _need(lr is None or lr >= 0, f"train.learning_rates.{group}", f"must be >= 0, got {lr}")
+  _need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+  _need(t.clip_norm > 0, "train.clip_norm", f"must be positive, got {t.clip_norm}")
+  _need(t.lora.rank >= 0, "train.lora.rank", f"must be >= 0, got {t.lora.rank}")
+  _need(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got "
+        f"{d.source!r}")
+  _need(d.source != "shards" or bool(d.path), "data.path", "the 'shards' source needs a path")
+  _need(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps",
+        f"must be positive, got {cfg.checkpoint.every_steps}")
+  _need(cfg.checkpoint.keep > 0, "checkpoint.keep", f"must be positive, got {cfg.checkpoint.keep}")
+  _need(cfg.log.every_steps > 0, "log.every_steps", f"must be positive, got {cfg.log.every_steps}")
+  model = model_from(cfg)  # raises ConfigError naming the model field
+  opt = optimizer_from(cfg)
+  _need(any(lr > 0 for _, lr in opt.learning_rates), "train.learning_rates",
+        "every group is frozen: nothing would train")
+  loss_cfg = loss_from(cfg)
+  _need(len(loss_cfg.weights) == 1 + model.audio_channels, "loss.channel_weights",
+        f"needs 1 + {model.audio_channels} entries, got {loss_cfg.weights}")
+
+
+def describe(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The resolved run settings as plain data (written beside the checkpoints)."""
+  return {"config": cfg.to_dict(), "model": dataclasses.asdict(model_from(cfg)),
+          "optimizer": dataclasses.asdict(optimizer_from(cfg)),
+          "loss": dataclasses.asdict(loss_from(cfg))}

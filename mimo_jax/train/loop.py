@@ -1,0 +1,236 @@
+"""The training loop: start or resume, step, log, checkpoint, stop cleanly on SIGTERM.
+
+`train(cfg, workdir)` is what `python -m mimo_jax.train` runs. The run's directory holds:
+
+  workdir/checkpoints/<step>/{params,train,data}   Orbax (params, the rest of the state, and
+                                                   each process's Grain iterator position)
+  workdir/run.json            the resolved config, model, optimizer and loss settings
+  workdir/metrics.jsonl       one row per step (losses, accuracies, LRs, grad norm, timing)
+  workdir/tensorboard/        TensorBoard event files
+  workdir/loss_curve.png      the loss curves, redrawn at every checkpoint and at the end
+
+A directory that already holds a checkpoint is resumed from its latest one: the state and the
+data iterator continue exactly (bitwise on CPU), on the same or a different mesh. Otherwise the
+state starts from `init_from` (an Orbax checkpoint of another run, whose params alone are taken,
+e.g. phase 2 from phase 1; or an official MiMo-Audio safetensors folder) or from random weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from mimo_jax import sharding
+from mimo_jax.config import ConfigError, MimoAudioConfig, load_config
+from mimo_jax.convert.hf import import_checkpoint
+from mimo_jax.lm import model as lm_model
+from mimo_jax.nn.params import logical_axes
+from mimo_jax.train import config as train_config
+from mimo_jax.train import data, metrics
+from mimo_jax.train.checkpoint import Checkpointer, restore_params
+from mimo_jax.train.state import TrainSetup, abstract_params_of, create_state
+from mimo_jax.train.step import TrainStep, batch_shapes, make_train_step
+
+PARAMS, TRAIN = "params", "train"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass
+class RunResult:
+  """How a call to `train` ended."""
+
+  reason: str  # "finished", "preempted" or "non_finite"
+  step: int  # steps done (the state's step)
+  checkpoint_step: int | None
+  state: dict
+
+
+class NonFiniteError(RuntimeError):
+  """Too many non-finite steps in a row; the run saved a checkpoint and stopped."""
+
+
+def split_state(state: dict) -> dict[str, Any]:
+  """The two checkpoint items: params alone (what other runs load) and the rest."""
+  return {PARAMS: state["params"], TRAIN: {k: v for k, v in state.items() if k != "params"}}
+
+
+def join_state(items: dict[str, Any]) -> dict:
+  return {"params": items[PARAMS], **items[TRAIN]}
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails now, naming --workdir, if the run could not write its checkpoints and logs."""
+  if workdir.startswith("gs://"):
+    return  # checked by the first checkpoint write; gcs permissions are not visible locally
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir}: not writable ({e.strerror or e})") from None
+
+
+def make_setup(cfg: ml_collections.ConfigDict,
+               model_cfg: MimoAudioConfig | None = None) -> TrainSetup:
+  return TrainSetup(model=model_cfg or train_config.model_from(cfg),
+                    loss=train_config.loss_from(cfg), opt=train_config.optimizer_from(cfg),
+                    grad_accum_steps=cfg.train.grad_accum_steps)
+
+
+def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
+  """Params from another run's Orbax checkpoint or from an official safetensors folder."""
+  if os.path.exists(os.path.join(init_from, "config.json")):
+    logging.info("init_from: importing official safetensors from %s", init_from)
+    params, _ = import_checkpoint(init_from, setup.model, specs_fn=lm_model.param_specs)
+    return sharding.shard_params(params, logical_axes(setup.model_specs), mesh)
+  ckpt_dir = init_from
+  if os.path.isdir(os.path.join(init_from, CHECKPOINT_DIR)):
+    ckpt_dir = os.path.join(init_from, CHECKPOINT_DIR)
+  logging.info("init_from: params of the latest checkpoint in %s", ckpt_dir)
+  return restore_params(ckpt_dir, abstract_params_of(setup, mesh), item=PARAMS)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag that the loop checks after every step (all processes agree)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
+    return bool(np.max(flags))
+
+  def restore(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _truncate_log(path: str, last_step: int) -> None:
+  """Drops log rows past the checkpoint a run resumes from (steps it will redo)."""
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  rows = [r for r in metrics.read_jsonl(path) if r["step"] <= last_step]
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None = None,
+          init_from: str | None = None, model_cfg: MimoAudioConfig | None = None,
+          train_step: TrainStep | None = None, max_steps: int | None = None) -> RunResult:
+  """Runs (or resumes) the training job `cfg` in `workdir`.
+
+  mesh_flag overrides cfg.mesh; model_cfg overrides the config's model block (e.g. the
+  config.json of an imported checkpoint); train_step reuses an already built step (tests);
+  max_steps stops this call early (after that many steps in total) without ending the run.
+  """
+  train_config.validate(cfg)
+  check_workdir(workdir)
+  mesh = sharding.make_mesh(mesh_flag or cfg.mesh)
+  if model_cfg is None and init_from and os.path.exists(os.path.join(init_from, "config.json")):
+    m = cfg.model  # an official checkpoint brings its own shape; the runtime fields stay ours
+    model_cfg = load_config(init_from, dtype=m.dtype, param_dtype=m.param_dtype,
+                            remat_policy=m.remat_policy)
+  setup = make_setup(cfg, model_cfg)
+  t = cfg.train
+  if t.batch_size % jax.process_count():
+    raise ConfigError(f"config.train.batch_size: {t.batch_size} does not divide over "
+                      f"{jax.process_count()} processes")
+  if train_step is None:
+    train_step = make_train_step(setup, mesh, t.batch_size, t.positions, cfg.data.empty_id)
+  shapes = batch_shapes(setup, t.batch_size, t.positions)
+  rows = data.local_rows(train_step.batch_shardings["input_ids"], shapes["input_ids"])
+  iterator = data.make_iterator(cfg, setup.model, rows)
+
+  ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), every_steps=cfg.checkpoint.every_steps,
+                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+  jsonl = os.path.join(workdir, "metrics.jsonl")
+  resume_step = ckpt.latest_step()
+  if resume_step is not None:
+    logging.info("resuming from %s/%d", ckpt.directory, resume_step)
+    abstract = split_state(train_step.abstract_state)
+    state = join_state(ckpt.restore(abstract, resume_step, data_iterator=iterator))
+    _truncate_log(jsonl, resume_step)
+  else:
+    params = None if not init_from else _initial_params(init_from, setup, mesh)
+    state = create_state(setup, jax.random.key(t.seed), mesh, params)
+    if os.path.exists(jsonl) and jax.process_index() == 0:
+      os.remove(jsonl)  # a log of a run that never checkpointed
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "run.json"), "w") as f:
+      json.dump({**train_config.describe(cfg), "mesh": dict(mesh.shape),
+                 "init_from": init_from, "devices": jax.device_count(),
+                 "processes": jax.process_count()}, f, indent=2, default=str)
+
+  start = int(state["step"])
+  peak = metrics.peak_flops(cfg.log.chip)
+  reporter = metrics.Reporter(
+      workdir, total_steps=t.steps, every=cfg.log.every_steps,
+      tokens_per_step=t.batch_size * t.positions,
+      flops_per_step=metrics.train_flops(setup.model, setup.loss, t.batch_size, t.positions),
+      peak=peak, n_chips=jax.device_count(), tensorboard=cfg.log.tensorboard, start_step=start)
+  logging.info("training %s from step %d to %d on mesh %s (%d processes); batch %d x %d "
+               "positions", t.phase, start, t.steps, dict(mesh.shape), jax.process_count(),
+               t.batch_size, t.positions)
+
+  preemption = _Preemption()
+  end = t.steps if max_steps is None else min(t.steps, max_steps)
+  reason, step = "finished", start
+  try:
+    while step < end:
+      batch = data.to_global(next(iterator), train_step.batch_shardings, shapes)
+      began = time.perf_counter()
+      state, step_metrics = train_step.fn(state, batch)
+      step_metrics = jax.device_get(step_metrics)
+      step += 1
+      reporter.record(step, step_metrics, time.perf_counter() - began)
+      bad_steps = int(state["bad_steps"])
+      if bad_steps:
+        logging.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)",
+                        step, bad_steps)
+      if bad_steps >= t.max_bad_steps:
+        reason = "non_finite"
+        break
+      if preemption.agreed():
+        reason = "preempted"
+        break
+      if ckpt.save(step, split_state(state), iterator):
+        _plot(jsonl, workdir)
+    saved = ckpt.latest_step()
+    if saved != step and (reason != "finished" or step == t.steps):
+      ckpt.save(step, split_state(state), iterator, force=True)
+    ckpt.wait()
+    saved = ckpt.latest_step()
+  finally:
+    preemption.restore()
+    reporter.close()
+    ckpt.close()
+  _plot(jsonl, workdir)
+  logging.info("%s at step %d; latest checkpoint: %s", reason, step, saved)
+  if reason == "non_finite":
+    raise NonFiniteError(f"stopped after {t.max_bad_steps} non-finite steps in a row at step "
+                         f"{step}; checkpoint {saved} in {ckpt.directory} holds the last good "
+                         f"params (skipped updates leave them unchanged)")
+  return RunResult(reason, step, saved, state)
+
+
+def _plot(jsonl: str, workdir: str) -> None:
+  if jax.process_index() == 0 and os.path.exists(jsonl):
+    metrics.plot_losses(jsonl, os.path.join(workdir, "loss_curve.png"))

@@ -1,0 +1,161 @@
+"""What a run reports: model FLOPs and MFU, console progress with ETA, TensorBoard, JSONL, PNG.
+
+FLOPs are counted analytically from the config (the matmuls and attention of the three stacks,
+the heads and projections; forward x 3 for a train step, recomputation under remat not counted,
+as MFU conventionally excludes it). Peak FLOP/s per chip are dense bf16 figures from the vendors'
+data sheets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from mimo_jax.config import LossConfig, MimoAudioConfig, StackConfig
+
+# Dense bf16 peak FLOP/s per chip (vendor data sheets). Keys match jax's device_kind, lower-case.
+PEAK_FLOPS = {
+    "tpu v4": 275e12,
+    "tpu v5 lite": 197e12,  # v5e
+    "tpu v5e": 197e12,
+    "tpu v5p": 459e12,
+    "tpu v5": 459e12,
+    "tpu v6 lite": 918e12,  # v6e (Trillium)
+    "tpu v6e": 918e12,
+    "nvidia h200": 989e12,
+    "nvidia h100": 989e12,
+    "nvidia a100": 312e12,
+}
+
+
+def peak_flops(chip: str = "") -> float | None:
+  """Peak FLOP/s of one chip: `chip` if given, else the first device's kind; None if unknown."""
+  kind = (chip or jax.devices()[0].device_kind).lower()
+  for name in sorted(PEAK_FLOPS, key=len, reverse=True):  # most specific first
+    if kind.startswith(name):
+      return PEAK_FLOPS[name]
+  return None
+
+
+def _stack_forward_flops(stack: StackConfig, sequences: int, tokens: int) -> float:
+  d, q, kv = stack.d_model, stack.n_heads * stack.head_dim, stack.n_kv_heads * stack.head_dim
+  matmul_params = d * q + 2 * d * kv + q * d + 3 * d * stack.d_ff
+  per_layer = 2 * sequences * tokens * matmul_params + 4 * sequences * tokens * tokens * q
+  return stack.n_layers * per_layer
+
+
+def train_flops(cfg: MimoAudioConfig, loss_cfg: LossConfig, batch: int, positions: int) -> float:
+  """Model FLOPs of one train step over [batch, positions] (forward + backward = 3 x forward)."""
+  g, n = cfg.group_size, batch * positions
+  enc, dec = cfg.patch_encoder, cfg.patch_decoder
+  forward = _stack_forward_flops(cfg.backbone, batch, positions)
+  forward += 2 * n * cfg.hidden_size * cfg.vocab_size  # lm_head
+  forward += _stack_forward_flops(enc, n, g)  # the patch encoder runs on every position
+  forward += 2 * n * g * enc.d_model * cfg.hidden_size  # speech_group_downcast
+  if loss_cfg.trains_audio:
+    steps = g + max(cfg.delay_pattern)
+    forward += 2 * n * cfg.hidden_size * dec.d_model  # hidden_states_downcast
+    forward += _stack_forward_flops(dec, n, steps)
+    forward += 2 * n * steps * dec.d_model * sum(cfg.speech_vocab_size)  # the 8 heads
+  return 3.0 * forward
+
+
+class Reporter:
+  """Per-step records to JSONL (every step), console and TensorBoard (every `every` steps).
+
+  Only process 0 writes; every process may call it.
+  """
+
+  def __init__(self, workdir: str, *, total_steps: int, every: int, tokens_per_step: int,
+               flops_per_step: float, peak: float | None, n_chips: int, tensorboard: bool,
+               start_step: int):
+    self.enabled = jax.process_index() == 0
+    self.total_steps, self.every = total_steps, every
+    self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+    self.peak, self.n_chips = peak, n_chips
+    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self._writer = None
+    if self.enabled and tensorboard:
+      from tensorboardX import SummaryWriter
+      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._start_step, self._start_time = start_step, time.perf_counter()
+    self._last_time = self._start_time
+
+  def record(self, step: int, metrics: dict[str, Any], step_time: float) -> dict[str, float]:
+    """Logs the metrics of the step that ended at `step` (1-based count of steps done)."""
+    row = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    row["step"] = step
+    row["step_time_s"] = step_time
+    row["tokens_per_s"] = self.tokens_per_step / step_time if step_time > 0 else math.nan
+    if self.peak:
+      row["mfu"] = self.flops_per_step / step_time / (self.peak * self.n_chips)
+    if not self.enabled:
+      return row
+    with open(self.jsonl_path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if step % self.every == 0 or step == self.total_steps:
+      self._console(step, row)
+      if self._writer is not None:
+        for k, v in row.items():
+          if k != "step":
+            self._writer.add_scalar(k, v, step)
+        self._writer.flush()
+    return row
+
+  def _console(self, step: int, row: dict[str, float]) -> None:
+    done = step - self._start_step
+    elapsed = time.perf_counter() - self._start_time
+    eta = elapsed / max(done, 1) * (self.total_steps - step)
+    mfu = f" mfu {row['mfu']:.1%}" if "mfu" in row else ""
+    audio = "".join(f" c{i} {row[f'audio_loss_c{i}']:.3f}" for i in range(8)
+                    if f"audio_loss_c{i}" in row)
+    lrs = " ".join(f"{k[3:]} {v:.2e}" for k, v in row.items() if k.startswith("lr_"))
+    logging.info(
+        "step %d/%d (%.0f%%) loss %.4f text %.4f acc %.3f%s | grad %.3f | lr %s | %.2fs/step "
+        "%.0f tok/s%s | ETA %s", step, self.total_steps, 100 * step / self.total_steps,
+        row["loss"], row["text_loss"], row["text_acc"], audio, row["grad_norm"], lrs,
+        row["step_time_s"], row["tokens_per_s"], mfu, _duration(eta))
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def read_jsonl(path: str) -> list[dict[str, float]]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_losses(jsonl_path: str, png_path: str) -> None:
+  """The loss curves of a run (total, text, audio channels) from its JSONL log."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  rows = read_jsonl(jsonl_path)
+  if not rows:
+    return
+  steps = [r["step"] for r in rows]
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  for key in ["loss", "text_loss"] + [f"audio_loss_c{i}" for i in range(8)]:
+    if key in rows[-1]:
+      ax.plot(steps, [r.get(key, math.nan) for r in rows], label=key,
+              linewidth=2 if key == "loss" else 1)
+  ax.set_xlabel("step")
+  ax.set_ylabel("cross-entropy (nats)")
+  ax.legend(fontsize=7, ncol=2)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)
