@@ -11,6 +11,7 @@ shards. Rerunning the command resumes: finished shards are kept, partial ones re
 `mimo_jax/data/pretokenize.py` for the shard format and the report.
 """
 
+import functools
 import sys
 
 import jax
@@ -60,7 +61,8 @@ def run() -> int:
     params, cfg = import_codec(_CKPT.value)
     skips = manifest.Skips()
     records = manifest.read_source(_MANIFEST.value, skips)
-    pretokenize.run(records, skips, _OUTPUT.value, params, cfg, tokenizer.encode, settings,
+    pretokenize.run(records, skips, _OUTPUT.value, params, cfg,
+                    functools.partial(tokenizer.encode, special=False), settings,
                     batch_size=_BATCH.value, process_index=index, process_count=count,
                     source=_MANIFEST.value, progress_interval=_PROGRESS.value)
   except (ConfigError, ConversionError, CheckpointPathError, TokenizerError, ValueError,

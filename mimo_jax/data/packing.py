@@ -10,8 +10,10 @@ A packed sequence holds whole examples one after another:
 Padding positions are text positions of `<|endoftext|>` (audio rows at the empty ids), so they
 embed like any text token and segment id 0 keeps them out of attention and the loss.
 
-Examples are never split: one longer than P is dropped and counted, unless `split_long` cuts it
-into P-position pieces, each its own segment. Packing is first-fit over a window of consecutive
+Examples are never split: one longer than P is dropped and counted (`TOO_LONG`), unless
+`split_long` cuts it into P-position pieces, each its own segment. An upstream stage that cannot
+make an example passes `{"skip": reason}` instead; the packer counts it under that reason, so the
+counts travel with the iterator state (`skipped(state)` reads them back). Packing is first-fit over a window of consecutive
 examples (bins emitted in the order they were opened), so a window's sequences depend only on the
 window's examples: `PackIterDataset` checkpoints as (parent state at the window start, sequences
 emitted from it), a small JSON state that resumes exactly.
@@ -19,6 +21,7 @@ emitted from it), a small JSON state that resumes exactly.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 
@@ -26,6 +29,8 @@ import grain
 import numpy as np
 
 from mimo_jax.lm import layout as layout_lib
+
+TOO_LONG = "example_too_long"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +56,22 @@ class Packer:
     return [{"input_ids": example["input_ids"][:, g * s:g * (s + p)],
              "loss_mask": example["loss_mask"][s:s + p]} for s in range(0, n, p)]
 
-  def pack(self, examples: list[dict]) -> tuple[list[dict], int]:
-    """First-fit packing of the examples, in order; returns the sequences and how many examples
-    were dropped for being longer than a sequence (never when `split_long`)."""
+  def pack(self, examples: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """First-fit packing of the examples, in order; returns the sequences and the count of
+    examples skipped per reason (skip markers, and `TOO_LONG` unless `split_long`)."""
     bins: list[list[dict]] = []
     free: list[int] = []
-    dropped = 0
+    skipped: collections.Counter = collections.Counter()
     for example in examples:
+      if "skip" in example:
+        skipped[example["skip"]] += 1
+        continue
       for piece in self.pieces(example):
         n = self.n_positions(piece)
-        if n > self.seq_positions or n == 0:
-          dropped += n > 0  # an empty example has nothing to train on; nothing to count
+        if n > self.seq_positions:
+          skipped[TOO_LONG] += 1
+          continue
+        if n == 0:  # nothing to train on and nothing lost
           continue
         slot = next((i for i, room in enumerate(free) if room >= n), None)
         if slot is None:
@@ -70,7 +80,7 @@ class Packer:
           slot = len(bins) - 1
         bins[slot].append(piece)
         free[slot] -= n
-    return [self.sequence(b) for b in bins], dropped
+    return [self.sequence(b) for b in bins], dict(skipped)
 
   def sequence(self, pieces: list[dict]) -> dict:
     """One packed sequence (see the module doc) of pieces that fit."""
@@ -108,7 +118,7 @@ class PackIterDataset(grain.IterDataset):
 
 class _PackIterator(grain.DatasetIterator):
   """State: the parent's state where the current window starts, sequences emitted from that
-  window, and the examples dropped before it."""
+  window, and the skip counts of the windows before it."""
 
   def __init__(self, parent: grain.DatasetIterator, packer: Packer, window: int):
     super().__init__(parent)
@@ -116,18 +126,19 @@ class _PackIterator(grain.DatasetIterator):
     self._window_state = parent.get_state()
     self._sequences: list[dict] = []
     self._emitted = 0
-    self._dropped_before = self._dropped_in_window = 0
+    self._skipped_before: collections.Counter = collections.Counter()
+    self._skipped_in_window: dict[str, int] = {}
 
   def _read_window(self) -> bool:
     examples = list(itertools.islice(self._parent, self._window))
-    self._sequences, self._dropped_in_window = self._packer.pack(examples)
+    self._sequences, self._skipped_in_window = self._packer.pack(examples)
     self._emitted = 0
     return bool(examples)
 
   def __next__(self) -> dict:
     while self._emitted >= len(self._sequences):
-      self._dropped_before += self._dropped_in_window
-      self._dropped_in_window = 0
+      self._skipped_before.update(self._skipped_in_window)
+      self._skipped_in_window = {}
       self._window_state = self._parent.get_state()
       if not self._read_window():
         self._sequences = []
@@ -135,21 +146,32 @@ class _PackIterator(grain.DatasetIterator):
     self._emitted += 1
     return self._sequences[self._emitted - 1]
 
-  @property
-  def dropped(self) -> int:
-    """Examples dropped so far for being longer than a sequence."""
-    return self._dropped_before + self._dropped_in_window
-
   def get_state(self) -> dict:
+    # The current window's skips are recounted when it is re-read on restore.
     return {"parent": self._window_state, "emitted": self._emitted,
-            "dropped_before": self._dropped_before}
+            "skipped": dict(sorted(self._skipped_before.items()))}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
     self._window_state = state["parent"]
-    self._dropped_before = state["dropped_before"]
+    self._skipped_before = collections.Counter(state["skipped"])
+    self._sequences, self._emitted, self._skipped_in_window = [], 0, {}
     if state["emitted"]:
       self._read_window()
       self._emitted = state["emitted"]
-    else:
-      self._sequences, self._emitted, self._dropped_in_window = [], 0, 0
+
+
+def skipped(state: dict) -> dict[str, int]:
+  """Examples skipped so far per reason, from a pipeline's iterator state (summed over the
+  packers of all worker processes, wherever they nest in the state). The current window's skips
+  are counted once it is done."""
+  total: collections.Counter = collections.Counter()
+  if isinstance(state, dict):
+    if "skipped" in state and "emitted" in state:
+      total.update(state["skipped"])
+    for value in state.values():
+      total.update(skipped(value))
+  elif isinstance(state, (list, tuple)):
+    for value in state:
+      total.update(skipped(value))
+  return dict(sorted(total.items()))

@@ -2,14 +2,16 @@
 
   records of this host   MapDataset over the shards' records, rows process_index::process_count
   shuffled per epoch     seeded; each epoch reshuffles (shuffle before repeat)
-  decoded, templated     `example_fn(record, rng)` -> {"input_ids", "loss_mask"} or None (skip)
+  decoded, templated     `example_fn(record, index)` -> {"input_ids", "loss_mask"}, or
+                         {"skip": reason} (counted by the packer; `PhaseExamples` is the
+                         phase's task mixture of `templates`)
   packed                 `packing.PackIterDataset`: sequences of P positions, whole examples
   batched                [per-host batch, ...] numpy; optionally prefetched by worker processes
   global                 `TrainIterator`: jax.Arrays over the mesh's batch axes
                          (`jax.make_array_from_process_local_data`)
 
-Every random choice derives from `seed` and the record's place in the stream (Grain's
-`random_map`), so the same seed gives the same batches, and the iterator state
+Every random choice derives from `seed` and the record's index in this host's stream, so the same
+seed gives the same batches, and the iterator state
 (`get_state`/`set_state`, or Orbax through `grain.checkpoint.CheckpointSave(iterator.grain)`)
 resumes exactly. Hosts read disjoint records that together cover each epoch. Packing and
 templating run inside the workers, so the stream depends on `worker_count`: keep it fixed across a
@@ -26,24 +28,45 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from mimo_jax import sharding
-from mimo_jax.data import packing, pretokenize
-from mimo_jax.lm import layout as layout_lib
+from mimo_jax.data import packing, pretokenize, templates
+from mimo_jax.lm.layout import LayoutError
 
-# A template: (decoded shard record, numpy Generator) -> example dict, or None to skip it.
-ExampleFn = Callable[[dict, np.random.Generator], dict | None]
+# (decoded shard record, index in the host's stream) -> example dict or {"skip": reason}.
+ExampleFn = Callable[[dict, int], dict]
 
 BATCH_AXES = {"input_ids": ("batch", None, None), "segment_ids": ("batch", None),
               "positions": ("batch", None), "loss_mask": ("batch", None)}
 
 
-class _Examples(grain.transforms.RandomMap):
+class PhaseExamples:
+  """The training phase's task mixture over shard records (`templates.example_for`): the task and
+  its random choices come from (seed, index). A record no task can use (e.g. an empty transcript
+  for ASR) becomes a skip marker with the template's reason."""
+
+  def __init__(self, fmt: templates.Formatter, phase: str, seed: int,
+               mixtures=templates.PHASE_MIXTURES):
+    if phase not in mixtures:
+      raise ValueError(f"phase {phase!r}: expected one of {sorted(mixtures)}")
+    self.fmt, self.phase, self.seed, self.mixtures = fmt, phase, seed, mixtures
+
+  def __call__(self, record: dict, index: int) -> dict:
+    utt = templates.Utterance(record["text"], record["codes"].astype(np.int32),
+                              record.get("speaker", ""), record.get("language", ""))
+    try:
+      example = templates.example_for(self.fmt, utt, self.phase, self.seed, index, self.mixtures)
+    except (templates.TemplateError, LayoutError) as e:
+      return {"skip": f"template_failed:{str(e).split(':')[0]}"}
+    return {"input_ids": example.ids_kl, "loss_mask": example.loss_mask_p}
+
+
+class _Examples(grain.transforms.MapWithIndex):
   """Decodes a shard record and applies the template (picklable for worker processes)."""
 
   def __init__(self, example_fn: ExampleFn):
     self._example_fn = example_fn
 
-  def random_map(self, data: bytes, rng: np.random.Generator):
-    return self._example_fn(pretokenize.deserialize(data), rng)
+  def map_with_index(self, index: int, data: bytes) -> dict:
+    return self._example_fn(pretokenize.deserialize(data), index)
 
 
 def make_dataset(shard_paths: Sequence[str], example_fn: ExampleFn, packer: packing.Packer, *,
@@ -66,7 +89,7 @@ def make_dataset(shard_paths: Sequence[str], example_fn: ExampleFn, packer: pack
   ds = grain.MapDataset.source(source)[process_index::process_count].seed(seed)
   if shuffle:
     ds = ds.shuffle()
-  ds = ds.repeat(num_epochs).random_map(_Examples(example_fn)).filter(lambda x: x is not None)
+  ds = ds.repeat(num_epochs).map_with_index(_Examples(example_fn))
   it = packing.PackIterDataset(ds.to_iter_dataset(), packer, pack_window)
   it = it.batch(batch_size, drop_remainder=True)
   if worker_count > 0:
@@ -107,21 +130,27 @@ class TrainIterator:
   def set_state(self, state: dict) -> None:
     self.grain.set_state(state)
 
+  def skipped(self) -> dict[str, int]:
+    """Examples skipped so far per reason (templates that failed, over-long examples)."""
+    return packing.skipped(self.grain.get_state())
 
-def make_train_iterator(shard_paths: Sequence[str], example_fn: ExampleFn,
-                        layout: layout_lib.Layout, seq_positions: int, global_batch: int,
-                        seed: int, mesh: Mesh, *, split_long: bool = False,
-                        num_epochs: int | None = None, pack_window: int = 64,
-                        worker_count: int = 0) -> TrainIterator:
+
+def make_train_iterator(shard_paths: Sequence[str], fmt: templates.Formatter, phase: str,
+                        seq_positions: int, global_batch: int, seed: int, mesh: Mesh, *,
+                        split_long: bool = False, num_epochs: int | None = None,
+                        pack_window: int = 64, worker_count: int = 0,
+                        example_fn: ExampleFn | None = None) -> TrainIterator:
   """The training iterator: global batches of `global_batch` packed sequences of
-  `seq_positions` positions, sharded over `mesh`'s batch axes; each host (jax.process_index())
-  reads its share and builds global_batch / process_count rows."""
+  `seq_positions` positions built with the phase's task mixture (or `example_fn`), sharded over
+  `mesh`'s batch axes; each host (jax.process_index()) reads its share of the records and builds
+  global_batch / process_count rows."""
   count = jax.process_count()
   if global_batch % count:
     raise ValueError(f"global_batch {global_batch} is not divisible by the {count} processes")
-  packer = packing.Packer(seq_positions, layout, split_long)
-  dataset = make_dataset(shard_paths, example_fn, packer, batch_size=global_batch // count,
-                         seed=seed, process_index=jax.process_index(), process_count=count,
+  packer = packing.Packer(seq_positions, fmt.layout, split_long)
+  dataset = make_dataset(shard_paths, example_fn or PhaseExamples(fmt, phase, seed), packer,
+                         batch_size=global_batch // count, seed=seed,
+                         process_index=jax.process_index(), process_count=count,
                          num_epochs=num_epochs, pack_window=pack_window,
                          worker_count=worker_count)
   return TrainIterator(dataset, batch_shardings(mesh))

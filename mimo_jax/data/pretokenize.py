@@ -13,7 +13,8 @@ output folder guards against resuming with different ones), so a resumed run wri
 bytes as an uninterrupted one.
 
 Each shard record is a msgpack map (`flax.serialization`): `codes` uint16 [T, n_q] (25 Hz),
-`text_ids` int32 [n], and the metadata `key`, `audio`, `text`, `speaker`, `language`, `task`,
+`text_ids` int32 [n] (the transcript tokenised as data: `<|...|>` strings spelled out as
+text), and the metadata `key`, `audio`, `text`, `speaker`, `language`, `task`,
 `seconds`. Bad inputs are skipped and counted by reason (`manifest.Skips`); the report
 (`report.json`, or `report-process-<i>.json` per host of a pod) lists them with the counts.
 """
