@@ -141,6 +141,8 @@ def test_trained_bpe_fits_the_tiny_config(trained):
     ids_n = trained.encode(sentence)
     assert trained.decode(ids_n) == sentence
     assert ids_n.max() < tiny.vocab_size - len(SPEC_IDS)  # sentences use learned tokens only
+  again = TextTokenizer.train([s for _, s in corpus.load_sentences()], tiny.vocab_size)
+  assert again.hf.to_str() == trained.hf.to_str()  # training is deterministic
   with pytest.raises(TokenizerError, match="vocab_size 200"):
     TextTokenizer.train(["abc"], 200)
 
