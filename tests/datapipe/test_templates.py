@@ -235,11 +235,36 @@ def test_phase_mixtures(fmt):
   assert caption == "\nSpeech in English by speaker en_us_m3, 1.6 seconds long." + EOS
 
 
-def test_mimo_tokenizer_examples_fit_the_7b_vocab():
-  fmt = T.Formatter.from_config(config.preset("7b"), TextTokenizer.mimo())
+@pytest.fixture(scope="module")
+def mimo_fmt():
+  return T.Formatter.from_config(config.preset("7b"), TextTokenizer.mimo())
+
+
+def test_mimo_tokenizer_examples_fit_the_7b_vocab(mimo_fmt):
+  fmt = mimo_fmt
   ex = T.tts_sft(fmt, "今天天气很好", A)
   tokens_p = layout.text_tokens(ex.ids_kl, fmt.layout)
   assert tokens_p.max() < config.preset("7b").vocab_size
   _assert_reads(ex, fmt, [("text", f"<|im_start|>user\n{T.TTS_ZH[0]}: 今天天气很好<|im_end|>\n"
                            "<|im_start|>assistant\n", None), ("stream", "今天天气很好", A),
                           ("text", "<|im_end|>\n", None)])
+
+
+def test_sft_prompts_tokenise_as_the_official_segment_strings(mimo_fmt):
+  """The official builders tokenise each `InputSegment` string whole; ours splits markup from data
+  text. With the real tokenizer both give the same ids (special tokens and the newline rule of
+  the Qwen2 split keep the pieces apart)."""
+  fmt = mimo_fmt
+  tok, enc = fmt.layout.tokens, fmt.tokenizer.encode
+  for text in ("The kettle clicked off.", "今天天气很好", "  spaced  out "):
+    rng = np.random.default_rng(len(text))
+    prompt = T.tts_sft(fmt, text, rng=rng)
+    template = (T.TTS_ZH if "天" in text else T.TTS_EN)[
+        int(np.random.default_rng(len(text)).integers(10))]
+    official = [*enc(f"<|im_start|>user\n{template}: {text}<|im_end|>\n"),
+                *enc("<|im_start|>assistant\n<|sostm|>")]
+    assert list(layout.text_tokens(prompt.ids_kl, fmt.layout)) == official
+  prompt = T.asr_sft(fmt, A)
+  official = [*enc("<|im_start|>user\n"), tok.sosp, *[tok.empty] * 6, tok.eosp, *enc(T.ASR_ZH[0]),
+              *enc("<|im_end|>\n"), *enc("<|im_start|>assistant\n"), *enc("<think>\n\n</think>\n")]
+  assert list(layout.text_tokens(prompt.ids_kl, fmt.layout)) == official
