@@ -13,17 +13,19 @@ embed like any text token and segment id 0 keeps them out of attention and the l
 Examples are never split: one longer than P is dropped and counted (`TOO_LONG`), unless
 `split_long` cuts it into P-position pieces, each its own segment. An upstream stage that cannot
 make an example passes `{"skip": reason}` instead; the packer counts it under that reason, so the
-counts travel with the iterator state (`skipped(state)` reads them back). Packing is first-fit over a window of consecutive
-examples (bins emitted in the order they were opened), so a window's sequences depend only on the
-window's examples: `PackIterDataset` checkpoints as (parent state at the window start, sequences
-emitted from it), a small JSON state that resumes exactly.
+counts travel with the iterator state (`skipped(state)` reads them back).
+
+Packing is first-fit over a window of consecutive examples (bins emitted in the order they were
+opened); a window holds the examples that fill `window_sequences` sequences' worth of positions,
+so at most about one sequence per window is part-filled whatever the example lengths. A window's
+sequences depend only on its examples: `PackIterDataset` checkpoints as (parent state at the
+window start, sequences emitted from it), a small JSON state that resumes exactly.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 
 import grain
 import numpy as np
@@ -104,13 +106,13 @@ class Packer:
 
 
 class PackIterDataset(grain.IterDataset):
-  """Packs the parent's examples in windows of `window` consecutive examples."""
+  """Packs the parent's examples in windows of `window_sequences` sequences' worth of positions."""
 
-  def __init__(self, parent: grain.IterDataset, packer: Packer, window: int = 64):
+  def __init__(self, parent: grain.IterDataset, packer: Packer, window_sequences: int = 8):
     super().__init__(parent)
-    if window < 1:
-      raise ValueError(f"window must be >= 1, got {window}")
-    self._packer, self._window = packer, window
+    if window_sequences < 1:
+      raise ValueError(f"window_sequences must be >= 1, got {window_sequences}")
+    self._packer, self._window = packer, window_sequences
 
   def __iter__(self) -> _PackIterator:
     return _PackIterator(self._parent.__iter__(), self._packer, self._window)
@@ -120,9 +122,10 @@ class _PackIterator(grain.DatasetIterator):
   """State: the parent's state where the current window starts, sequences emitted from that
   window, and the skip counts of the windows before it."""
 
-  def __init__(self, parent: grain.DatasetIterator, packer: Packer, window: int):
+  def __init__(self, parent: grain.DatasetIterator, packer: Packer, window_sequences: int):
     super().__init__(parent)
-    self._packer, self._window = packer, window
+    self._packer = packer
+    self._window_positions = window_sequences * packer.seq_positions
     self._window_state = parent.get_state()
     self._sequences: list[dict] = []
     self._emitted = 0
@@ -130,7 +133,12 @@ class _PackIterator(grain.DatasetIterator):
     self._skipped_in_window: dict[str, int] = {}
 
   def _read_window(self) -> bool:
-    examples = list(itertools.islice(self._parent, self._window))
+    examples, positions = [], 0
+    for example in self._parent:
+      examples.append(example)
+      positions += 0 if "skip" in example else self._packer.n_positions(example)
+      if positions >= self._window_positions:
+        break
     self._sequences, self._skipped_in_window = self._packer.pack(examples)
     self._emitted = 0
     return bool(examples)

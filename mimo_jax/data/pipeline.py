@@ -71,8 +71,9 @@ class _Examples(grain.transforms.MapWithIndex):
 
 def make_dataset(shard_paths: Sequence[str], example_fn: ExampleFn, packer: packing.Packer, *,
                  batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
-                 num_epochs: int | None = None, shuffle: bool = True, pack_window: int = 64,
-                 worker_count: int = 0, worker_buffer_size: int = 2) -> grain.IterDataset:
+                 num_epochs: int | None = None, shuffle: bool = True,
+                 pack_window_sequences: int = 8, worker_count: int = 0,
+                 worker_buffer_size: int = 2) -> grain.IterDataset:
   """This host's stream of packed batches: dicts of numpy arrays with a leading `batch_size`
   axis (`input_ids` [b, 1 + C, G * P], `segment_ids` / `positions` / `loss_mask` [b, P]).
 
@@ -90,7 +91,7 @@ def make_dataset(shard_paths: Sequence[str], example_fn: ExampleFn, packer: pack
   if shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(num_epochs).map_with_index(_Examples(example_fn))
-  it = packing.PackIterDataset(ds.to_iter_dataset(), packer, pack_window)
+  it = packing.PackIterDataset(ds.to_iter_dataset(), packer, pack_window_sequences)
   it = it.batch(batch_size, drop_remainder=True)
   if worker_count > 0:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
@@ -138,7 +139,7 @@ class TrainIterator:
 def make_train_iterator(shard_paths: Sequence[str], fmt: templates.Formatter, phase: str,
                         seq_positions: int, global_batch: int, seed: int, mesh: Mesh, *,
                         split_long: bool = False, num_epochs: int | None = None,
-                        pack_window: int = 64, worker_count: int = 0,
+                        pack_window_sequences: int = 8, worker_count: int = 0,
                         example_fn: ExampleFn | None = None) -> TrainIterator:
   """The training iterator: global batches of `global_batch` packed sequences of
   `seq_positions` positions built with the phase's task mixture (or `example_fn`), sharded over
@@ -151,6 +152,6 @@ def make_train_iterator(shard_paths: Sequence[str], fmt: templates.Formatter, ph
   dataset = make_dataset(shard_paths, example_fn or PhaseExamples(fmt, phase, seed), packer,
                          batch_size=global_batch // count, seed=seed,
                          process_index=jax.process_index(), process_count=count,
-                         num_epochs=num_epochs, pack_window=pack_window,
-                         worker_count=worker_count)
+                         num_epochs=num_epochs,
+                         pack_window_sequences=pack_window_sequences, worker_count=worker_count)
   return TrainIterator(dataset, batch_shardings(mesh))

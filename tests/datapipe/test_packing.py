@@ -41,7 +41,8 @@ def _segments(seq: dict) -> list[tuple[np.ndarray, np.ndarray]]:
   segment ids and positions on the way."""
   seg, pos = seq["segment_ids"], seq["positions"]
   used = int(np.sum(seg > 0))
-  assert (seg[used:] == 0).all() and (pos[used:] == 0).all() and (seq["loss_mask"][used:] == 0).all()
+  assert (seg[used:] == 0).all() and (pos[used:] == 0).all()
+  assert (seq["loss_mask"][used:] == 0).all()
   ids = np.unique(seg[:used])
   np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))
   out = []
@@ -107,9 +108,9 @@ def test_long_examples_are_dropped_and_counted_or_split_when_configured():
   np.testing.assert_array_equal(np.concatenate([p[1] for p in pieces]), long["loss_mask"])
 
 
-def _stream(examples, window):
+def _stream(examples, window_sequences):
   ds = grain.MapDataset.source(examples).map(lambda x: x).to_iter_dataset()
-  return packing.PackIterDataset(ds, packing.Packer(P, LAYOUT), window)
+  return packing.PackIterDataset(ds, packing.Packer(P, LAYOUT), window_sequences)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -121,17 +122,17 @@ def test_pack_iterator_state_resumes_exactly(stop):
   examples = _examples(4, 40) + [{"skip": "bad"}] * 3
   rng = np.random.default_rng(5)
   examples = [examples[i] for i in rng.permutation(len(examples))]
-  full = list(_stream(examples, window=9))
-  it = iter(_stream(examples, window=9))
+  full = list(_stream(examples, window_sequences=3))
+  it = iter(_stream(examples, window_sequences=3))
   for _ in range(stop):
     next(it)
   state = it.get_state()
-  resumed = iter(_stream(examples, window=9))
+  resumed = iter(_stream(examples, window_sequences=3))
   resumed.set_state(state)
   rest = list(resumed)
   assert len(rest) == len(full) - stop
   assert all(_same(a, b) for a, b in zip(rest, full[stop:]))
   assert packing.skipped(resumed.get_state()) == {"bad": 3}  # counted once across the restore
-  with pytest.raises(ValueError, match="window"):
+  with pytest.raises(ValueError, match="window_sequences"):
     packing.PackIterDataset(grain.MapDataset.range(3).to_iter_dataset(),
                             packing.Packer(P, LAYOUT), 0)

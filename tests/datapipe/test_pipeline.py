@@ -63,7 +63,8 @@ def _same(a, b):
 def _dataset(shards, fmt, seed=0, **kwargs):
   kwargs.setdefault("batch_size", 2)
   return pipeline.make_dataset(shards, pipeline.PhaseExamples(fmt, "generation", seed),
-                               packing.Packer(P, fmt.layout), seed=seed, pack_window=8, **kwargs)
+                               packing.Packer(P, fmt.layout), seed=seed,
+                               pack_window_sequences=2, **kwargs)
 
 
 def test_same_seed_same_batches_other_seed_other_batches(shards, fmt):
@@ -125,10 +126,10 @@ def test_two_hosts_read_disjoint_records_that_cover_the_epoch(shards, fmt):
 def test_train_iterator_builds_sharded_global_batches(shards, fmt):
   mesh = sharding.make_mesh("data:2,fsdp:4,tensor:1")
   it = pipeline.make_train_iterator(shards, fmt, "understanding", P, 8, seed=4, mesh=mesh,
-                                    pack_window=8)
+                                    pack_window_sequences=2)
   local = _take(iter(pipeline.make_dataset(
       shards, pipeline.PhaseExamples(fmt, "understanding", 4), packing.Packer(P, fmt.layout),
-      batch_size=8, seed=4, pack_window=8)), 3)
+      batch_size=8, seed=4, pack_window_sequences=2)), 3)
   first = next(it)
   assert set(first) == {"input_ids", "segment_ids", "positions", "loss_mask"}
   for k, v in first.items():
