@@ -6,8 +6,9 @@ A manifest has one JSON object per line:
 `audio` is required (relative paths are relative to the manifest's folder), `text` defaults to "",
 the rest are optional. Folders in the LibriSpeech layout
 (`<spk>/<chapter>/<spk>-<chapter>.trans.txt` beside `<utt>.flac`) and the LibriTTS layout
-(`<utt>.wav` beside `<utt>.normalized.txt`) are read into the same records. Paths may be local or `gs://...`: every file is reached through
-`etils.epath`, so one code path serves both (only local paths are exercised by the tests).
+(`<utt>.wav` beside `<utt>.normalized.txt`) are read into the same records. Paths may be local
+or `gs://...`: every file is reached through `etils.epath`, so one code path serves both (only
+local paths are exercised by the tests).
 
 Nothing is lost silently: a line that is not a usable record is skipped and counted in a `Skips`
 under a named reason, which the callers report at the end and save beside their outputs.
