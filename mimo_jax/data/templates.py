@@ -4,7 +4,7 @@ One function per task serves both uses. Given the answer, it returns the whole `
 loss mask; given no answer (`None`), it returns the generation prompt, which is exactly the
 example's first `prompt_positions` positions and ends where the model continues (after
 `<|sostm|>` when the answer is speech). `Example.stop_tokens` lists the text tokens that end the
-answer (spec §3.5 stop sets), so a generator needs nothing else:
+answer (spec §3.5 stop sets for the SFT tasks), so a generator needs nothing else:
 
   ex = templates.asr_sft(fmt, audio_tc)                # prompt
   ex.ids_kl                                            # [1 + C, G * P] int32, feed to generate
@@ -21,7 +21,7 @@ weights decide which channels count; each document ends with `<|endoftext|>`):
 | `asr` | audio span, `\\n`, transcript | `\\n` |
 | `audio_caption` | audio span, `\\n`, caption | `\\n` |
 | `tts` | text, `\\n`, stream(text, audio) | `<|sostm|>` |
-| `speech_continuation` | one span: prompt audio + continuation | the prompt audio (span left open) |
+| `speech_continuation` | one span: prompt audio + continuation | prompt audio (span open) |
 | `text` | prompt text + continuation | the prompt text |
 
 "audio span" = `<|sosp|>` patches `<|eosp|>`; "stream" = `<|sostm|>`, 5 text tokens and 5 patches
@@ -32,7 +32,8 @@ few-shot prompts use (input span, `\\n`, output stream).
 SFT chat formats (the official prompt builders of `MimoAudio`, spec §7; loss only on the answer
 and its closing `<|im_end|>`): `chat` renders any conversation; `asr_sft`, `tts_sft`,
 `audio_understanding_sft`, `spoken_dialogue_sft`, `s2t_dialogue_sft` and `text_dialogue_sft` are
-its single-turn forms. A text answer follows `<think>\\n\\n</think>\\n` (or `<think>\\n` with
+the official tasks on top of it (the dialogue ones take a multi-turn history; only the last reply
+is trained). A text answer follows `<think>\\n\\n</think>\\n` (or `<think>\\n` with
 `thinking=True`, where the answer holds the reasoning, `</think>` and the reply); a speech answer
 is a stream after `<|im_start|>assistant\\n`.
 

@@ -131,7 +131,8 @@ def test_sft_masks_cover_exactly_the_speech_answer(fmt):
   ex = T.tts_sft(fmt, "good morning", A)
   tok = fmt.layout.tokens
   tokens_p = layout.text_tokens(ex.ids_kl, fmt.layout)
-  assert tokens_p[ex.prompt_positions - 1] == tok.sostm and not ex.loss_mask_p[:ex.prompt_positions].any()
+  assert tokens_p[ex.prompt_positions - 1] == tok.sostm
+  assert not ex.loss_mask_p[:ex.prompt_positions].any()
   masked_p = tokens_p[ex.loss_mask_p]
   # Trained: every text and audio position of the stream after <|sostm|>, then <|im_end|>.
   assert fmt.tokenizer.decode(masked_p[masked_p != tok.empty]) == \
