@@ -33,7 +33,7 @@ import numpy as np
 
 from mimo_jax.config import MimoAudioConfig
 from mimo_jax.lm import backbone, model
-from mimo_jax.lm.layout import FILLER
+from mimo_jax.lm.layout import FILLER, SpecialTokens
 from mimo_jax.lm.sampling import SamplerConfig, SamplerParams, sample
 from mimo_jax.nn.attention import KVCache
 from mimo_jax.nn.stack import init_cache, stack_forward
@@ -341,3 +341,26 @@ def generate(params: dict, cfg: MimoAudioConfig, requests: list[Request], *, emp
                   record_logits=record_logits)
   state = decode(params, cfg, state, settings, jnp.int32(n), empty_id=empty_id)
   return unpack(cfg, state, len(requests))
+
+
+# --- reading a generation (official `MimoAudio.forward` post-processing, spec §3.5) ------------
+
+
+def output_text_ids(result: Generation, tokens: SpecialTokens) -> np.ndarray:
+  """The text a row said: its text tokens less the final stop token and less the stream markers
+  `<|empty|>`, `<|eot|>`, `<|eostm|>`. (The official code drops the last token even when the row
+  ran out of steps rather than stopping; we keep it then.)"""
+  ids_n = result.text_ids[:-1] if result.stopped else result.text_ids
+  return ids_n[~np.isin(ids_n, (tokens.empty, tokens.eot, tokens.eostm))]
+
+
+def output_codes(result: Generation, tokens: SpecialTokens, cfg: MimoAudioConfig) -> np.ndarray:
+  """The audio a row said, codes [t, c]: the frames after the first generated `<|sostm|>` (from
+  the start without one) and before the first `<|eostm|>`, less the frames of text positions."""
+  ids_n = result.text_ids[:-1] if result.stopped else result.text_ids
+  starts, ends = np.flatnonzero(ids_n == tokens.sostm), np.flatnonzero(ids_n == tokens.eostm)
+  first = starts[0] + 1 if len(starts) else 0
+  last = ends[0] if len(ends) else len(ids_n)
+  g = cfg.group_size
+  codes_tc = result.tokens_kl[1:, g * first:g * last].T
+  return codes_tc[codes_tc[:, 0] != cfg.speech_zeroemb_idx[0]]

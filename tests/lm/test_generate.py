@@ -1,0 +1,199 @@
+"""Generation: official traces (tiny fixture), the batched jitted loop against a plain no-cache
+loop, the delayed patch order, samplers, stop sets and max lengths, and reading the outputs.
+
+Compilations are shared: every random-model run uses one (batch 4, 16 prompt positions, 8 steps)
+bucket, the official runs one (batch 2) bucket per numeric mode."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mimo_jax import config
+from mimo_jax.codec import api
+from mimo_jax.codec.checkpoint import import_codec
+from mimo_jax.convert.hf import import_checkpoint
+from mimo_jax.lm import backbone, model, sampling
+from mimo_jax.lm import generate as gen
+from mimo_jax.lm.layout import FILLER, SpecialTokens
+from mimo_jax.lm.sampling import SamplerConfig, SamplerParams
+from tests.helpers import random_params
+
+# Special ids of the fixture's tiny text tokenizer (special_tokens.json).
+TOKENS = SpecialTokens(endoftext=400, im_start=401, im_end=402, sosp=410, eosp=411, empty=412,
+                       human=413, speechlm=414, sostm=415, eostm=416, eot=417)
+EMPTY = TOKENS.empty
+SPEECH_STOP = (TOKENS.endoftext, TOKENS.eostm, TOKENS.im_end)
+
+
+# --- official traces --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _official_run(lm_dir: str, official_sum: bool):
+  cfg = config.load_config(lm_dir, dtype="float32", official_bf16_speech_sum=official_sum)
+  params, _ = import_checkpoint(lm_dir, cfg, specs_fn=model.param_specs)
+  io = dict(np.load(f"{lm_dir}/io.npz"))
+  free = gen.Request(io["input_ids"], 6, SPEECH_STOP)
+  forced = gen.Request(io["input_ids"], 6, SPEECH_STOP, forced_text=tuple(io["gen_forced_script"]))
+  results = gen.generate(params, cfg, [free, forced], empty_id=EMPTY, record_logits=True)
+  return cfg, io, results
+
+
+@pytest.mark.parametrize("official_sum", [False, True], ids=["fp32_sum", "official_bf16_sum"])
+def test_greedy_generation_reproduces_the_official_traces(official_tiny_lm_dir, official_sum):
+  """Free greedy run and text-scripted run (patches generated greedily): the same tokens as the
+  official `slm_sample`, and the same text logits at every step (1e-4). The default fp32 sum
+  gives the `fp32acc_` traces, the official bf16 buffer the as-is ones."""
+  cfg, io, (free, forced) = _official_run(official_tiny_lm_dir, official_sum)
+  prefix = "" if official_sum else "fp32acc_"
+  g, p = cfg.group_size, io["input_ids"].shape[1]
+  for result, name in ((free, "free"), (forced, "forced")):
+    ref_kl = io[f"{prefix}gen_{name}_tokens"][:, p:]
+    assert result.tokens_kl.shape == ref_kl.shape, name
+    # The official loop repeats the text token over a group's columns; the layout keeps it in
+    # the first column only.
+    np.testing.assert_array_equal(result.text_ids, ref_kl[0, ::g], err_msg=name)
+    assert (ref_kl[0].reshape(-1, g) == ref_kl[0, ::g, None]).all()
+    assert (result.tokens_kl[0].reshape(-1, g)[:, 1:] == FILLER).all()
+    np.testing.assert_array_equal(result.tokens_kl[1:], ref_kl[1:], err_msg=name)
+    np.testing.assert_allclose(result.text_logits_nv, io[f"{prefix}gen_{name}_text_logits"],
+                               atol=1e-4, rtol=0, err_msg=name)
+  assert not free.stopped and forced.stopped  # max_new reached / <|eostm|>
+  assert (forced.text_ids == EMPTY).sum() == 4
+
+
+def test_forced_run_patch_decoder_logits_match_the_official(official_tiny_lm_dir):
+  """Per-step raw logits of every channel's head while the 4 patches were generated (the
+  official arrays exist for the as-is numeric mode)."""
+  _, io, (_, forced) = _official_run(official_tiny_lm_dir, True)
+  patch_steps = np.flatnonzero(forced.text_ids == EMPTY)
+  for ch, logits_ngv in enumerate(forced.local_logits):
+    np.testing.assert_allclose(logits_ngv[patch_steps], io[f"gen_forced_local_logits_c{ch}"],
+                               atol=1e-4, rtol=0, err_msg=f"channel {ch}")
+    assert not logits_ngv[np.flatnonzero(forced.text_ids != EMPTY)].any()  # text steps: none
+
+
+def test_forced_run_audio_decodes_to_the_official_wav(official_tiny_lm_dir, official_tiny_codec_dir):
+  """The official `MimoAudio.forward(return_audio=True)` output: the generated frames (after the
+  official post-processing) decoded by the tiny audio tokenizer."""
+  cfg, io, (_, forced) = _official_run(official_tiny_lm_dir, True)
+  text_ids = gen.output_text_ids(forced, TOKENS)
+  np.testing.assert_array_equal(text_ids, [io["gen_forced_script"][2]])  # "ok"; markers dropped
+  codes_tc = gen.output_codes(forced, TOKENS, cfg)
+  assert codes_tc.shape == (16, 8)
+  codec_params, codec_cfg = import_codec(official_tiny_codec_dir)
+  wav = api.decode(codec_params, codec_cfg, codes_tc)
+  np.testing.assert_allclose(wav, io["gen_forced_wav"], atol=1e-4, rtol=0)
+
+
+# --- the batched loop against a plain loop ----------------------------------------------------
+
+BUCKETS = dict(batch=4, prompt_positions=16, max_new=8)
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny():
+  cfg = config.tiny()
+  return cfg, random_params(model.param_specs(cfg), seed=3)
+
+
+def _with_empty_column(params: dict, column) -> dict:
+  """params whose `<|empty|>` logit comes from `column` (steers text-only / audio-only runs)."""
+  kernel = params["lm_head"]["kernel"]
+  return {**params, "lm_head": {"kernel": kernel.at[:, EMPTY].set(column)}}
+
+
+def _prompt(cfg, rng, n_text: int, n_patches: int) -> np.ndarray:
+  """Text positions, then an input span of n_patches patches, then one more text position."""
+  g = cfg.group_size
+  p = n_text + n_patches + 1
+  ids_kl = np.full((1 + cfg.audio_channels, g * p), FILLER, np.int32)
+  ids_kl[1:] = np.asarray(cfg.speech_zeroemb_idx)[:, None]
+  ids_kl[0, ::g] = rng.randint(0, 400, p)
+  for q in range(n_text, n_text + n_patches):
+    ids_kl[0, g * q] = EMPTY
+    ids_kl[1:, g * q:g * q + g] = rng.randint(0, 128, (cfg.audio_channels, g))
+  return ids_kl
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_fns(cfg):
+  fwd = jax.jit(lambda p, ids: model.forward(p, cfg, ids, EMPTY))
+  heads = jax.jit(lambda p, h: (backbone.text_logits(p, h), model.local_cond(p, cfg, h)))
+  local = jax.jit(lambda p, cond, codes: model.patch_decoder_logits(p, cfg, cond, codes))
+  return fwd, heads, local
+
+
+def reference_generate(params, cfg, prompt_kl, max_new, stop=(), forced=()):
+  """Greedy decoding the plain way: the whole sequence through the model at every step (no
+  cache; the sequence is right-padded to a fixed length, which a causal model never reads), and
+  each patch built frame by frame from the teacher-forced patch decoder re-run on the codes
+  chosen so far. Returns the generated columns [1 + c, g * n]."""
+  fwd, heads, local = _reference_fns(cfg)
+  g, c = cfg.group_size, cfg.audio_channels
+  empty_c = np.asarray(cfg.speech_zeroemb_idx)
+  p = prompt_kl.shape[1] // g
+  seq_kl = np.concatenate([prompt_kl, np.zeros((1 + c, g * max_new), np.int32)], axis=1)
+  seq_kl[1:, g * p:] = empty_c[:, None]
+  frame_sc, valid_sc = model.delay_schedule(cfg)
+  for step in range(max_new):
+    hidden = fwd(params, seq_kl[None])[:, p + step - 1:p + step]
+    text_logits, cond = (np.asarray(a)[0, 0] for a in heads(params, hidden))
+    token = int(forced[step]) if step < len(forced) else int(np.argmax(text_logits))
+    codes_gc = np.tile(empty_c, (g, 1))
+    if token == EMPTY:
+      for t in range(valid_sc.shape[0]):
+        logits = local(params, cond[None], codes_gc[None])
+        for ch in np.flatnonzero(valid_sc[t]):
+          scores = np.array(logits[ch][0, frame_sc[t, ch]])
+          scores[empty_c[ch]] = -np.inf
+          codes_gc[frame_sc[t, ch], ch] = np.argmax(scores)
+    seq_kl[0, g * (p + step)] = token
+    seq_kl[1:, g * (p + step):g * (p + step + 1)] = codes_gc.T
+    if token in stop:
+      max_new = step + 1
+      break
+  out_kl = seq_kl[:, g * p:g * (p + max_new)].copy()
+  out_kl[0] = FILLER
+  out_kl[0, ::g] = seq_kl[0, g * p:g * (p + max_new):g]
+  return out_kl
+
+
+@pytest.fixture(scope="module")
+def tiny_prompts():
+  cfg, _ = _tiny()
+  rng = np.random.RandomState(0)
+  return [_prompt(cfg, rng, 2, 3), _prompt(cfg, rng, 6, 2), _prompt(cfg, rng, 1, 1)]
+
+
+def _steered(kind: str):
+  """The tiny model, its `<|empty|>` logit steered: never the argmax (a zero logit under a
+  positive maximum) for text, often for mixed; audio scripts `<|empty|>` at every step (no
+  weight makes one logit win for every hidden state without a bias), mixed its first two steps
+  (a patch, then text) so that every row holds both kinds."""
+  cfg, params = _tiny()
+  kernel = params["lm_head"]["kernel"]
+  column = {"text": jnp.zeros_like(kernel[:, 0]), "audio": kernel[:, EMPTY],
+            "mixed": 1.05 * kernel[:, 408]}[kind]
+  forced = {"text": (), "audio": (EMPTY,) * 8, "mixed": (EMPTY, 7)}[kind]
+  return cfg, _with_empty_column(params, column), forced
+
+
+@pytest.mark.parametrize("kind", ["text", "audio", "mixed"])
+def test_batched_loop_equals_the_plain_loop(kind, tiny_prompts):
+  """Batch of 3 prompts of 6, 9 and 3 positions (left-padded into one bucket) and the last one
+  alone (a batch-1 compilation) against the plain loop: identical tokens."""
+  cfg, params, forced = _steered(kind)
+  requests = [gen.Request(p, 8, forced_text=forced) for p in tiny_prompts]
+  batched = gen.generate(params, cfg, requests, empty_id=EMPTY, **BUCKETS)
+  alone = gen.generate(params, cfg, requests[2:], empty_id=EMPTY)  # a batch-1 compilation
+  for i, (prompt, result) in enumerate(zip(tiny_prompts, batched)):
+    ref_kl = reference_generate(params, cfg, prompt, 8, forced=forced)
+    np.testing.assert_array_equal(result.tokens_kl, ref_kl, err_msg=f"row {i}")
+    n_patches = int((result.text_ids == EMPTY).sum())
+    assert {"text": n_patches == 0, "audio": n_patches == 8,
+            "mixed": 0 < n_patches < 8}[kind], (kind, result.text_ids)
+  np.testing.assert_array_equal(alone[0].tokens_kl, batched[2].tokens_kl)
