@@ -1,0 +1,369 @@
+"""Train the audio tokenizer (codec):
+`python -m mimo_jax.train_codec --config=experiments/configs/codec_tiny.py --workdir=DIR`.
+
+  --config      an experiment file (`get_config()`); fields override as --config.steps=100,
+                --config.stage=2, --config.data.manifest=corpus/manifest.jsonl ...
+  --workdir     run folder; one that already holds a checkpoint is resumed from its latest
+  --mesh        overrides config.mesh (e.g. data:1,fsdp:-1,tensor:1)
+
+Stage 1 trains encoder + decoder with EMA codebooks (`codec.train_step.make_stage1_step`);
+stage 2 freezes encoder + RVQ and trains decoder + vocoder against the discriminators. A fresh
+run starts from `config.init_from`: an official tokenizer folder (config.json +
+model.safetensors), a codec run's workdir (its `export/` folder of final weights), or nothing (random weights; the RVQ is k-means initialised on the first batch).
+
+The workdir holds:
+  checkpoints/<step>/{state,data}   Orbax: the whole training state (codec, EMA buffers,
+                                    optimizer, discriminators and their optimizer) and the Grain
+                                    iterator position; resuming continues bit for bit
+  codec_config.json                 the codec's official config.json
+  metrics.jsonl                     one row per step (losses, per-stage perplexity / usage /
+                                    dead codes replaced, grad norms, step time)
+  tensorboard/                      the same scalars every `log_every` steps
+  export/                           official tokenizer folder of the final weights
+
+Data: a JSONL manifest (`mimo_jax.data.manifest`); random crops of `crop_seconds` from each clip
+(zero-padded with their valid length when shorter), shuffled, repeated, batched by Grain.
+Unusable clips are counted by reason and skipped: up front from the header, and at load time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mimo_jax import sharding
+from mimo_jax.codec import checkpoint as codec_checkpoint
+from mimo_jax.codec import config as codec_config
+from mimo_jax.codec import discriminators, rvq_train, train_step
+from mimo_jax.codec.api import AudioError
+from mimo_jax.data import audio as data_audio
+from mimo_jax.data import manifest
+from mimo_jax.nn.params import init_params, logical_axes
+from mimo_jax.train.checkpoint import Checkpointer, abstract_like
+
+CHECKPOINT_DIR = "checkpoints"
+STATE = "state"
+
+
+class CodecTrainError(ValueError):
+  """A bad config field or unusable data; the message names it."""
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+def codec_from(config: ml_collections.ConfigDict) -> codec_config.CodecConfig:
+  overrides = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in config.codec.overrides.to_dict().items()}
+  return codec_config.preset(config.codec.preset, **overrides)
+
+
+def ema_from(config, cfg: codec_config.CodecConfig) -> rvq_train.EmaConfig:
+  return rvq_train.EmaConfig.from_codec(cfg, **config.rvq.to_dict())
+
+
+def disc_from(config) -> discriminators.DiscConfig:
+  return discriminators.DiscConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                      for k, v in config.disc.model.to_dict().items()})
+
+
+def weights_from(config) -> train_step.LossWeights:
+  return train_step.LossWeights(**config.loss.to_dict())
+
+
+def optimizer_from(opt: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
+  """Clipped AdamW with linear warm-up and cosine decay to end_lr_ratio * lr."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, opt.lr, min(opt.warmup_steps, max(steps - 1, 1)), max(steps, 2),
+      end_value=opt.lr * opt.end_lr_ratio)
+  return optax.chain(optax.clip_by_global_norm(opt.clip),
+                     optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  def need(ok, field, message):
+    if not ok:
+      raise CodecTrainError(f"config.{field}: {message}")
+  need(config.stage in (1, 2), "stage", f"must be 1 or 2, got {config.stage}")
+  need(config.steps > 0, "steps", f"must be positive, got {config.steps}")
+  need(config.data.batch_size > 0, "data.batch_size", "must be positive")
+  need(config.data.crop_seconds > 0, "data.crop_seconds", "must be positive")
+  need(bool(config.data.manifest), "data.manifest", "a JSONL manifest path is required")
+  need(config.stage == 1 or bool(config.init_from), "init_from",
+       "stage 2 fine-tunes a trained codec: give an official tokenizer folder or a stage-1 "
+       "workdir")
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def usable_records(path: str, cfg: codec_config.CodecConfig,
+                   limits: data_audio.AudioLimits) -> tuple[list[manifest.Record], manifest.Skips]:
+  """The manifest's records whose audio header is readable and within the limits."""
+  skips = manifest.Skips()
+  records = []
+  for record in manifest.read_manifest(path, skips):
+    seconds = data_audio._header_seconds(record.audio)  # noqa: SLF001 (the shared cheap check)
+    if seconds is None and "://" not in record.audio:
+      skips.add("unreadable", record.audio, "no readable audio header")
+    elif seconds is not None and not limits.min_seconds <= seconds <= limits.max_seconds:
+      skips.add(data_audio.TOO_SHORT if seconds < limits.min_seconds else data_audio.TOO_LONG,
+                record.audio, f"{seconds:.2f} s")
+    else:
+      records.append(record)
+  return records, skips
+
+
+class _LoadCrop(grain.transforms.RandomMap):
+  """Record -> {"wav": [crop] float32, "lengths": int32}, or None if the clip cannot be used."""
+
+  def __init__(self, cfg: codec_config.CodecConfig, crop: int, limits: data_audio.AudioLimits):
+    self.cfg, self.crop, self.limits = cfg, crop, limits
+
+  def random_map(self, record: manifest.Record, rng: np.random.Generator):
+    try:
+      wav = data_audio.load_clip(record.audio, self.cfg, self.limits)
+    except AudioError as e:
+      logging.warning("skipping %s (%s): %s", record.audio, e.reason, e)
+      return None
+    start = int(rng.integers(0, max(len(wav) - self.crop, 0) + 1))
+    piece = wav[start:start + self.crop]
+    out = np.zeros((self.crop,), np.float32)
+    out[:len(piece)] = piece
+    return {"wav": out, "lengths": np.int32(len(piece))}
+
+
+def make_iterator(config, cfg: codec_config.CodecConfig, records: list[manifest.Record]):
+  """Grain iterator of per-process batches {"wav": [b_local, crop], "lengths": [b_local]}."""
+  n_proc = jax.process_count()
+  if config.data.batch_size % n_proc:
+    raise CodecTrainError(f"config.data.batch_size: {config.data.batch_size} does not split "
+                          f"over {n_proc} processes")
+  crop = int(round(config.data.crop_seconds * cfg.sampling_rate))
+  crop -= crop % cfg.samples_per_frame  # whole 25 Hz frames
+  if crop < cfg.samples_per_frame:
+    raise CodecTrainError(f"config.data.crop_seconds: {config.data.crop_seconds} s is shorter "
+                          f"than one codec frame")
+  limits = data_audio.AudioLimits(min_seconds=config.data.min_seconds,
+                                  max_seconds=config.data.max_seconds)
+  dataset = (grain.MapDataset.source(records).seed(config.seed).shuffle().repeat()
+             [jax.process_index()::n_proc].to_iter_dataset()
+             .random_map(_LoadCrop(cfg, crop, limits), seed=config.seed)
+             .filter(lambda x: x is not None)
+             .batch(config.data.batch_size // n_proc, drop_remainder=True))
+  return iter(dataset)
+
+
+# --- state -------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _compiled_step(config_json: str):
+  """The jitted step of a config (cached so that runs in one process share compilations)."""
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  cfg = codec_from(config)
+  tx = optimizer_from(config.optimizer, config.steps)
+  if config.stage == 1:
+    return train_step.make_stage1_step(cfg, ema_from(config, cfg), tx, weights_from(config),
+                                       config.seed), tx, None
+  disc_tx = optax.chain(optax.clip_by_global_norm(config.disc.clip),
+                        optax.adam(config.disc.lr, b1=config.disc.b1, b2=config.disc.b2))
+  step = train_step.make_stage2_step(cfg, ema_from(config, cfg), disc_from(config), tx, disc_tx,
+                                     weights_from(config))
+  return step, tx, disc_tx
+
+
+def _initial_codec(config, cfg, mesh) -> dict:
+  specs = codec_checkpoint.codec_specs(cfg)
+  axes = logical_axes(specs)
+  source = config.init_from
+  if not source:
+    params = jax.jit(lambda key: init_params(specs, key))(jax.random.key(config.seed))
+  else:
+    if os.path.isdir(os.path.join(source, "export")):
+      source = os.path.join(source, "export")  # a codec run's workdir: its final weights
+    if not os.path.isfile(os.path.join(source, "config.json")):
+      raise CodecTrainError(f"config.init_from: {source} is not a tokenizer folder (config.json "
+                            f"+ model.safetensors; a codec run's is its workdir's export/)")
+    params, loaded_cfg = codec_checkpoint.import_codec(source)
+    if loaded_cfg != cfg:
+      raise CodecTrainError(f"config.init_from: {source} holds a codec whose config.json differs "
+                            f"from config.codec")
+  return sharding.shard_params(params, axes, mesh)
+
+
+def initial_state(config, cfg, mesh) -> dict:
+  codec = _initial_codec(config, cfg, mesh)
+  _, tx, disc_tx = _compiled_step(_config_key(config))
+  if config.stage == 1:
+    return jax.jit(lambda c: train_step.init_stage1(c, tx))(codec)
+  dcfg = disc_from(config)
+  key = jax.random.key(config.seed + 1)
+  disc = jax.jit(lambda k: init_params(discriminators.disc_specs(dcfg), k))(key)
+  sn = jax.jit(lambda k: init_params(discriminators.sn_specs(dcfg), k))(jax.random.fold_in(key, 1))
+  return jax.jit(lambda c, d, s: train_step.init_stage2(c, tx, d, s, disc_tx))(codec, disc, sn)
+
+
+def _config_key(config) -> str:
+  keys = ("codec", "rvq", "loss", "optimizer", "disc", "stage", "steps", "seed")
+  return json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+                     for k in keys}, sort_keys=True)
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+  """Scalars as they are; per-stage [q] arrays as name/q0, name/q1, ..."""
+  row = {}
+  for name, value in metrics.items():
+    value = np.asarray(value)
+    if value.ndim == 0:
+      row[name] = float(value)
+    else:
+      row.update({f"{name}/q{i}": float(v) for i, v in enumerate(value)})
+  return row
+
+
+def _truncate_log(path: str, last_step: int) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= last_step)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RunResult:
+  step: int
+  rows: list[dict[str, float]]  # the metrics of the steps this call ran
+  state: dict
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          stop_after: int | None = None) -> RunResult:
+  """Runs (or resumes) the configured training; `stop_after` ends the call after that step
+  without a final save, as a kill would (tests and benchmarks)."""
+  validate(config)
+  cfg = codec_from(config)
+  mesh = sharding.make_mesh(config.mesh)
+  os.makedirs(workdir, exist_ok=True)
+  codec_config.save_codec_config(cfg, os.path.join(workdir, "codec_config.json"))
+  records, skips = usable_records(config.data.manifest, cfg, data_audio.AudioLimits(
+      min_seconds=config.data.min_seconds, max_seconds=config.data.max_seconds))
+  if skips.total:
+    logging.warning("manifest %s: skipped %d record(s): %s", config.data.manifest, skips.total,
+                    dict(skips.counts))
+  if not records:
+    raise CodecTrainError(f"config.data.manifest: no usable audio in {config.data.manifest}")
+  iterator = make_iterator(config, cfg, records)
+  step_fn, _, _ = _compiled_step(_config_key(config))
+
+  with jax.set_mesh(mesh):
+    state = initial_state(config, cfg, mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                        every_steps=config.checkpoint_every, keep=config.keep_checkpoints)
+    start = 0
+    if ckpt.latest_step() is not None:
+      start = ckpt.latest_step()
+      state = ckpt.restore({STATE: abstract_like(state, shardings)},
+                           data_iterator=iterator)[STATE]
+      logging.info("resumed from step %d of %s", start, workdir)
+    jsonl = os.path.join(workdir, "metrics.jsonl")
+    if jax.process_index() == 0:
+      _truncate_log(jsonl, start)
+    writer = None
+    if config.tensorboard and jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    wav_sharding = jax.NamedSharding(mesh, sharding.logical_to_spec(("batch", None)))
+    len_sharding = jax.NamedSharding(mesh, sharding.logical_to_spec(("batch",)))
+    rows, t_start, end = [], time.perf_counter(), config.steps
+    if stop_after is not None:
+      end = min(end, stop_after)
+    for step in range(start, end):
+      local = next(iterator)
+      batch = {"wav": jax.make_array_from_process_local_data(wav_sharding, local["wav"]),
+               "lengths": jax.make_array_from_process_local_data(len_sharding,
+                                                                 local["lengths"])}
+      t0 = time.perf_counter()
+      state, metrics = step_fn(state, batch)
+      row = flatten_metrics(jax.device_get(metrics))
+      row.update(step=step + 1, step_time_s=time.perf_counter() - t0)
+      rows.append(row)
+      if not np.isfinite(row["loss"]):
+        ckpt.wait()
+        raise FloatingPointError(f"step {step + 1}: non-finite loss {row['loss']}; the last "
+                                 f"checkpoint is step {ckpt.latest_step()}")
+      if jax.process_index() == 0:
+        with open(jsonl, "a") as f:
+          f.write(json.dumps(row) + "\n")
+      if (step + 1) % config.log_every == 0 or step + 1 == end:
+        _log(row, config.steps, start, t_start, writer)
+      ckpt.save(step + 1, {STATE: state}, iterator)
+    if stop_after is None or end == config.steps:
+      ckpt.save(end, {STATE: state}, iterator, force=ckpt.latest_step() != end)
+    ckpt.wait()
+    ckpt.close()
+    if writer is not None:
+      writer.close()
+  if end == config.steps and config.export and jax.process_index() == 0:
+    codec_checkpoint.export_codec(jax.device_get(state["codec"]), cfg,
+                                  os.path.join(workdir, "export"))
+  return RunResult(step=end, rows=rows, state=state)
+
+
+def _log(row, total, start, t_start, writer) -> None:
+  done = row["step"] - start
+  rate = done / max(time.perf_counter() - t_start, 1e-9)
+  usage = " ".join(f"{row[k]:.2f}" for k in sorted(row) if k.startswith("usage/"))
+  perplexity = " ".join(f"{row[k]:.0f}" for k in sorted(row) if k.startswith("perplexity/"))
+  extra = "".join(f" {k} {row[k]:.4f}" for k in ("commit", "adv", "fm", "disc_loss") if k in row)
+  logging.info("step %d/%d loss %.4f mel %.4f%s | usage %s | perplexity %s | replaced %d | "
+               "%.2f steps/s | ETA %.0f s", row["step"], total, row["loss"], row["mel"], extra,
+               usage, perplexity, sum(v for k, v in row.items() if k.startswith("replaced/")),
+               rate, (total - row["step"]) / max(rate, 1e-9))
+  if writer is not None:
+    for k, v in row.items():
+      if k != "step":
+        writer.add_scalar(k, v, row["step"])
+    writer.flush()
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Codec experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+_MESH = flags.DEFINE_string("mesh", None, "Mesh axes and sizes; default: the config's mesh.")
+
+
+def main(argv):
+  del argv
+  # Orbax logs every file of every save at INFO: keep its warnings and errors only.
+  logging.get_absl_handler().addFilter(
+      lambda record: "orbax" not in record.pathname or record.levelno >= logging.WARNING)
+  config = _CONFIG.value
+  if _MESH.value:
+    config.mesh = _MESH.value
+  try:
+    result = train(config, _WORKDIR.value)
+  except CodecTrainError as e:
+    logging.error("%s", e)
+    raise SystemExit(2) from None
+  logging.info("finished at step %d: %s", result.step, result.rows[-1] if result.rows else {})
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
