@@ -11,11 +11,10 @@
                          (`jax.make_array_from_process_local_data`)
 
 Every random choice derives from `seed` and the record's index in this host's stream, so the same
-seed gives the same batches, and the iterator state
-(`get_state`/`set_state`, or Orbax through `grain.checkpoint.CheckpointSave(iterator.grain)`)
-resumes exactly. Hosts read disjoint records that together cover each epoch. Packing and
-templating run inside the workers, so the stream depends on `worker_count`: keep it fixed across a
-save and its restore.
+seed gives the same batches, and the iterator state (`get_state` / `set_state`, or Orbax through
+`grain.checkpoint.CheckpointSave(iterator.grain)`) resumes exactly. Hosts read disjoint records
+that together cover each epoch. Packing and templating run inside the workers, so the stream
+depends on `worker_count`: keep it fixed across a save and its restore.
 """
 
 from __future__ import annotations

@@ -159,10 +159,11 @@ def tokenize_shard(records: list[manifest.Record], params, cfg: CodecConfig,
   examples, total_seconds = [], 0.0
   for first in range(0, len(valid), batch_size):
     batch = valid[first:first + batch_size]
-    codes = api.encode_batch(params, cfg, [wav for _, _, wav in batch], cfg.sampling_rate,
-                             n_q=settings.n_q)
+    codes = _encode(params, cfg, batch, settings.n_q, skips)
     seconds = 0.0
     for (record, text_ids, wav), codes_tq in zip(batch, codes):
+      if codes_tq is None:
+        continue
       seconds += len(wav) / cfg.sampling_rate
       examples.append(serialize({
           "key": record.key, "audio": record.audio, "text": record.text,
@@ -177,8 +178,30 @@ def tokenize_shard(records: list[manifest.Record], params, cfg: CodecConfig,
   return examples, skips, total_seconds
 
 
-def write_shard(path: epath.Path, examples: list[bytes]) -> None:
-  """Writes the shard to `<path>.partial` (on local disk for remote outputs), then moves it."""
+def _encode(params, cfg: CodecConfig, batch: list, n_q: int, skips: manifest.Skips) -> list:
+  """Codes of each clip of the batch. Should the batched call fail (checked clips should not make
+  it, but a long job must not die on one record), each clip is retried alone and a clip that
+  still fails is skipped as `ENCODE_FAILED` (None in its place)."""
+  wavs = [wav for _, _, wav in batch]
+  try:
+    return api.encode_batch(params, cfg, wavs, cfg.sampling_rate, n_q=n_q)
+  except Exception:  # pylint: disable=broad-except  (XLA and numpy raise many types)
+    pass
+  codes = []
+  for (record, _, _), wav in zip(batch, wavs):
+    try:
+      codes.append(api.encode(params, cfg, wav, cfg.sampling_rate, n_q=n_q))
+    except Exception as e:  # pylint: disable=broad-except
+      skips.add(ENCODE_FAILED, record.key, f"{record.key}: codec encode failed: "
+                f"{type(e).__name__}: {e}")
+      codes.append(None)
+  return codes
+
+
+def write_shard(path: str | os.PathLike, examples: list[bytes]) -> None:
+  """Writes serialized examples as one shard: to `<path>.partial` (on local disk for remote
+  outputs), then moved to `path`."""
+  path = epath.Path(path)
   if "://" in str(path):
     with tempfile.TemporaryDirectory() as tmp:
       local = os.path.join(tmp, path.name)

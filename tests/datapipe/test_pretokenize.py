@@ -214,3 +214,25 @@ def test_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(setup, referenc
   resumed = json.loads((killed / "report.json").read_text())
   assert resumed["skips"] == report["skips"] and resumed["written"] == report["written"]
   assert not any(n.endswith(".partial") for n in os.listdir(killed))
+
+
+def test_a_failing_encode_skips_only_its_clip(setup, monkeypatch):
+  records = [r for r in setup["records"] if r.key in setup["valid_keys"]][:3]
+  fail_len = len(load_clip(records[1].audio, setup["cfg"], SETTINGS.limits))
+
+  def encode_batch(*args, **kwargs):
+    raise RuntimeError("batched call failed")
+
+  def encode(params, cfg, wav, sr, n_q):
+    if len(wav) == fail_len:
+      raise RuntimeError("this clip failed")
+    return np.zeros((len(wav) // 960, n_q), np.int32)
+
+  monkeypatch.setattr(api, "encode_batch", encode_batch)
+  monkeypatch.setattr(api, "encode", encode)
+  examples, skips, _ = pretokenize.tokenize_shard(records, None, setup["cfg"],
+                                                  _encode_text(setup), SETTINGS, batch_size=4)
+  assert [pretokenize.deserialize(e)["key"] for e in examples] == [records[0].key,
+                                                                   records[2].key]
+  assert skips.counts == {pretokenize.ENCODE_FAILED: 1}
+  assert "this clip failed" in skips.examples[pretokenize.ENCODE_FAILED][0]["message"]
