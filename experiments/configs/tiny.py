@@ -3,7 +3,7 @@
   python -m mimo_jax.train --config=experiments/configs/tiny.py --workdir=/tmp/mimo_tiny
 
 Learning rates are 10x the paper's (spec §5.1) so that a few hundred steps show learning; the
-phase's ratios between groups are kept.
+ratios between groups and the phase's frozen groups are kept.
 """
 
 from mimo_jax.train.config import defaults
@@ -18,9 +18,7 @@ def get_config():
   cfg.train.batch_size = 8
   cfg.train.positions = 32
   cfg.train.warmup_ratio = 0.05
-  cfg.train.learning_rates.patch_encoder = 2e-3
-  cfg.train.learning_rates.llm = 1e-3
-  cfg.train.learning_rates.patch_decoder = 2e-3
+  cfg.train.lr_scale = 10.0
   cfg.data.empty_id = 7
   cfg.data.synthetic_examples = 32
   cfg.checkpoint.every_steps = 50

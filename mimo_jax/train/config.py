@@ -17,6 +17,8 @@ Blocks:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
@@ -64,8 +66,10 @@ def defaults() -> ml_collections.ConfigDict:
           # Micro-batches per optimizer step (the batch is split, gradients averaged).
           "grad_accum_steps": 1,
           "seed": 0,
-          # Peak learning rates; None takes the phase's value (PHASE_LEARNING_RATES); 0 freezes.
+          # Peak learning rates; None takes the phase's value (PHASE_LEARNING_RATES) times
+          # lr_scale; 0 freezes the group.
           "learning_rates": {g: config_dict.placeholder(float) for g in GROUPS},
+          "lr_scale": 1.0,
           "schedule": "auto",  # auto: the phase's schedule (PHASE_SCHEDULES)
           "warmup_ratio": 0.01,
           # Cosine decays to this fraction of the peak (the paper does not state a final LR).
@@ -172,9 +176,11 @@ def optimizer_from(cfg: ml_collections.ConfigDict) -> OptimizerConfig:
   t = cfg.train
   phase_lrs = PHASE_LEARNING_RATES[t.phase]
   lrs = []
+  _need(t.lr_scale > 0, "train.lr_scale", f"must be positive, got {t.lr_scale}")
   for group in GROUPS:
     lr = t.learning_rates[group]
-    lrs.append((group, float(phase_lrs[group] or 0.0) if lr is None else float(lr)))
+    phase_lr = (phase_lrs[group] or 0.0) * t.lr_scale
+    lrs.append((group, float(phase_lr if lr is None else lr)))
   schedule = PHASE_SCHEDULES[t.phase] if t.schedule == "auto" else t.schedule
   warmup = int(round(t.warmup_ratio * t.steps))
   targets = tuple(s.strip() for s in t.lora.targets.split(",") if s.strip())
@@ -206,6 +212,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
   _need(0 <= t.cosine_final_ratio <= 1, "train.cosine_final_ratio",
         f"must be in [0, 1], got {t.cosine_final_ratio}")
+  _need(t.lr_scale > 0, "train.lr_scale", f"must be positive, got {t.lr_scale}")
   for group in GROUPS:
     lr = t.learning_rates[group]
     _need(lr is None or lr >= 0, f"train.learning_rates.{group}", f"must be >= 0, got {lr}")
@@ -233,3 +240,13 @@ def describe(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   return {"config": cfg.to_dict(), "model": dataclasses.asdict(model_from(cfg)),
           "optimizer": dataclasses.asdict(optimizer_from(cfg)),
           "loss": dataclasses.asdict(loss_from(cfg))}
+
+
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """The config an experiment file's `get_config()` returns (what --config=path gives)."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config={path}: no such file")
+  spec = importlib.util.spec_from_file_location("experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

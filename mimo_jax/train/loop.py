@@ -43,6 +43,7 @@ from mimo_jax.train.step import TrainStep, batch_shapes, make_train_step
 
 PARAMS, TRAIN = "params", "train"
 CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclasses.dataclass
@@ -80,13 +81,6 @@ def check_workdir(workdir: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise ConfigError(f"--workdir={workdir}: not writable ({e.strerror or e})") from None
-
-
-def make_setup(cfg: ml_collections.ConfigDict,
-               model_cfg: MimoAudioConfig | None = None) -> TrainSetup:
-  return TrainSetup(model=model_cfg or train_config.model_from(cfg),
-                    loss=train_config.loss_from(cfg), opt=train_config.optimizer_from(cfg),
-                    grad_accum_steps=cfg.train.grad_accum_steps)
 
 
 def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
@@ -143,12 +137,22 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
   """
   train_config.validate(cfg)
   check_workdir(workdir)
+  preemption = _Preemption()  # from here on SIGTERM means: save after the next step and exit
+  try:
+    return _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
+                  preemption)
+  finally:
+    preemption.restore()
+
+
+def _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
+           preemption: _Preemption) -> RunResult:
   mesh = sharding.make_mesh(mesh_flag or cfg.mesh)
   if model_cfg is None and init_from and os.path.exists(os.path.join(init_from, "config.json")):
     m = cfg.model  # an official checkpoint brings its own shape; the runtime fields stay ours
     model_cfg = load_config(init_from, dtype=m.dtype, param_dtype=m.param_dtype,
                             remat_policy=m.remat_policy)
-  setup = make_setup(cfg, model_cfg)
+  setup = TrainSetup.from_config(cfg, model_cfg)
   t = cfg.train
   if t.batch_size % jax.process_count():
     raise ConfigError(f"config.train.batch_size: {t.batch_size} does not divide over "
@@ -161,7 +165,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
 
   ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), every_steps=cfg.checkpoint.every_steps,
                       keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-  jsonl = os.path.join(workdir, "metrics.jsonl")
+  try:
+    state = _initial_state(cfg, setup, mesh, ckpt, train_step, iterator, workdir, init_from)
+    return _steps(cfg, setup, workdir, ckpt, train_step, iterator, state, shapes, max_steps,
+                  preemption)
+  finally:
+    ckpt.close()
+
+
+def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step: TrainStep,
+                   iterator, workdir: str, init_from: str | None) -> dict:
+  """The latest checkpoint of this run (with the iterator moved to its position), else a fresh
+  state from init_from or random weights."""
+  jsonl = os.path.join(workdir, METRICS_FILE)
   resume_step = ckpt.latest_step()
   if resume_step is not None:
     logging.info("resuming from %s/%d", ckpt.directory, resume_step)
@@ -170,29 +186,33 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
     _truncate_log(jsonl, resume_step)
   else:
     params = None if not init_from else _initial_params(init_from, setup, mesh)
-    state = create_state(setup, jax.random.key(t.seed), mesh, params)
+    state = create_state(setup, jax.random.key(cfg.train.seed), mesh, params)
     if os.path.exists(jsonl) and jax.process_index() == 0:
-      os.remove(jsonl)  # a log of a run that never checkpointed
+      os.remove(jsonl)  # the log of an attempt that never reached a checkpoint
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "run.json"), "w") as f:
       json.dump({**train_config.describe(cfg), "mesh": dict(mesh.shape),
                  "init_from": init_from, "devices": jax.device_count(),
                  "processes": jax.process_count()}, f, indent=2, default=str)
+  return state
 
+
+def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step: TrainStep,
+           iterator, state: dict, shapes: dict, max_steps: int | None,
+           preemption: _Preemption) -> RunResult:
+  t = cfg.train
+  jsonl = os.path.join(workdir, METRICS_FILE)
   start = int(state["step"])
-  peak = metrics.peak_flops(cfg.log.chip)
   reporter = metrics.Reporter(
-      workdir, total_steps=t.steps, every=cfg.log.every_steps,
-      tokens_per_step=t.batch_size * t.positions,
+      jsonl, os.path.join(workdir, "tensorboard") if cfg.log.tensorboard else None,
+      total_steps=t.steps, every=cfg.log.every_steps, tokens_per_step=t.batch_size * t.positions,
       flops_per_step=metrics.train_flops(setup.model, setup.loss, t.batch_size, t.positions),
-      peak=peak, n_chips=jax.device_count(), tensorboard=cfg.log.tensorboard, start_step=start)
+      peak=metrics.peak_flops(cfg.log.chip), n_chips=jax.device_count(), start_step=start)
   logging.info("training %s from step %d to %d on mesh %s (%d processes); batch %d x %d "
-               "positions", t.phase, start, t.steps, dict(mesh.shape), jax.process_count(),
-               t.batch_size, t.positions)
-
-  preemption = _Preemption()
+               "positions", t.phase, start, t.steps, dict(train_step.batch_shardings[
+                   "input_ids"].mesh.shape), jax.process_count(), t.batch_size, t.positions)
   end = t.steps if max_steps is None else min(t.steps, max_steps)
-  reason, step = "finished", start
+  reason, step, saved_step = "finished", start, ckpt.latest_step()
   try:
     while step < end:
       batch = data.to_global(next(iterator), train_step.batch_shardings, shapes)
@@ -212,25 +232,24 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
         reason = "preempted"
         break
       if ckpt.save(step, split_state(state), iterator):
-        _plot(jsonl, workdir)
-    saved = ckpt.latest_step()
-    if saved != step and (reason != "finished" or step == t.steps):
+        saved_step = step
+        _plot(workdir)
+    if saved_step != step and (reason != "finished" or step == t.steps):
       ckpt.save(step, split_state(state), iterator, force=True)
+      saved_step = step
     ckpt.wait()
-    saved = ckpt.latest_step()
   finally:
-    preemption.restore()
     reporter.close()
-    ckpt.close()
-  _plot(jsonl, workdir)
-  logging.info("%s at step %d; latest checkpoint: %s", reason, step, saved)
+  _plot(workdir)
+  logging.info("%s at step %d; latest checkpoint: %s", reason, step, saved_step)
   if reason == "non_finite":
     raise NonFiniteError(f"stopped after {t.max_bad_steps} non-finite steps in a row at step "
-                         f"{step}; checkpoint {saved} in {ckpt.directory} holds the last good "
-                         f"params (skipped updates leave them unchanged)")
-  return RunResult(reason, step, saved, state)
+                         f"{step}; checkpoint {saved_step} in {ckpt.directory} holds the last "
+                         f"good params (skipped updates leave them unchanged)")
+  return RunResult(reason, step, saved_step, state)
 
 
-def _plot(jsonl: str, workdir: str) -> None:
+def _plot(workdir: str) -> None:
+  jsonl = os.path.join(workdir, METRICS_FILE)
   if jax.process_index() == 0 and os.path.exists(jsonl):
     metrics.plot_losses(jsonl, os.path.join(workdir, "loss_curve.png"))

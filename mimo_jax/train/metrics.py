@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -73,18 +72,18 @@ class Reporter:
   Only process 0 writes; every process may call it.
   """
 
-  def __init__(self, workdir: str, *, total_steps: int, every: int, tokens_per_step: int,
-               flops_per_step: float, peak: float | None, n_chips: int, tensorboard: bool,
-               start_step: int):
+  def __init__(self, jsonl_path: str, tensorboard_dir: str | None, *, total_steps: int,
+               every: int, tokens_per_step: int, flops_per_step: float, peak: float | None,
+               n_chips: int, start_step: int):
     self.enabled = jax.process_index() == 0
     self.total_steps, self.every = total_steps, every
     self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
     self.peak, self.n_chips = peak, n_chips
-    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self.jsonl_path = jsonl_path
     self._writer = None
-    if self.enabled and tensorboard:
+    if self.enabled and tensorboard_dir:
       from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._writer = SummaryWriter(tensorboard_dir)
     self._start_step, self._start_time = start_step, time.perf_counter()
     self._last_time = self._start_time
 

@@ -92,6 +92,8 @@ def schedule(opt: OptimizerConfig, peak: float) -> optax.Schedule:
       return optax.constant_schedule(peak)
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
                                  optax.constant_schedule(peak)], [warmup])
+  if warmup == 0:
+    return optax.cosine_decay_schedule(peak, max(opt.total_steps, 1), alpha=opt.cosine_final_ratio)
   return optax.warmup_cosine_decay_schedule(
       0.0, peak, warmup_steps=warmup, decay_steps=max(opt.total_steps, warmup + 1),
       end_value=peak * opt.cosine_final_ratio)

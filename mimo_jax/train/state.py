@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -30,6 +31,7 @@ from mimo_jax.config import LossConfig, MimoAudioConfig
 from mimo_jax.lm import model
 from mimo_jax.nn.params import abstract_params, init_params, is_spec, logical_axes
 from mimo_jax.train import lora, optimizer
+from mimo_jax.train import config as train_config
 from mimo_jax.train.config import OptimizerConfig
 
 COUNTERS = ("step", "bad_steps", "skipped_steps")
@@ -43,6 +45,14 @@ class TrainSetup:
   loss: LossConfig
   opt: OptimizerConfig
   grad_accum_steps: int = 1
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict,
+                  model_cfg: MimoAudioConfig | None = None) -> TrainSetup:
+    """The setup an experiment config describes (model_cfg replaces its model block)."""
+    return cls(model=model_cfg or train_config.model_from(cfg),
+               loss=train_config.loss_from(cfg), opt=train_config.optimizer_from(cfg),
+               grad_accum_steps=cfg.train.grad_accum_steps)
 
   @property
   def model_specs(self) -> dict:

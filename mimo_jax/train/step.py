@@ -9,9 +9,12 @@ NaN/inf guard: when the loss or the gradient norm is not finite, the update is s
 and optimizer state pass through unchanged), `bad_steps` counts the run of such steps and
 `skipped_steps` their total; the loop stops the run after `train.max_bad_steps` in a row.
 
-`make_train_step` works on abstract inputs too: `train_step.fn.lower(train_step.abstract_state,
-train_step.abstract_batch).compile()` compiles for any mesh, TPU topologies included, without
-allocating anything.
+`make_train_step` works on abstract inputs too, so a step compiles for any mesh, TPU topologies
+included, without allocating anything:
+
+  setup = TrainSetup.from_config(cfg)          # cfg: an experiment ConfigDict
+  ts = make_train_step(setup, mesh, cfg.train.batch_size, cfg.train.positions, cfg.data.empty_id)
+  compiled = ts.fn.lower(ts.abstract_state, ts.abstract_batch).compile()
 """
 
 from __future__ import annotations
@@ -119,7 +122,8 @@ def train_step(setup: TrainSetup, tx: optax.GradientTransformation, empty_id: in
   applied = state["step"] - state["skipped_steps"]  # the update count the schedules saw
   lrs = {f"lr_{group}": sched(applied)
          for group, sched in optimizer.schedules(setup.opt).items()}
-  metrics = {**metrics, **lrs, "grad_norm": grad_norm, "finite": finite}
+  metrics = {**metrics, **lrs, "grad_norm": grad_norm, "finite": finite,
+             "param_norm": optax.global_norm(new_state["params"])}
   return new_state, metrics
 
 
