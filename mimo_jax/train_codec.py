@@ -169,18 +169,33 @@ def make_iterator(config, cfg: codec_config.CodecConfig, records: list[manifest.
 
 @functools.lru_cache(maxsize=8)
 def _compiled_step(config_json: str):
-  """The jitted step of a config (cached so that runs in one process share compilations)."""
+  """The jitted step and state initialiser of a config (cached: runs in one process share
+  their compilations)."""
   config = ml_collections.ConfigDict(json.loads(config_json))
   cfg = codec_from(config)
   tx = optimizer_from(config.optimizer, config.steps)
   if config.stage == 1:
-    return train_step.make_stage1_step(cfg, ema_from(config, cfg), tx, weights_from(config),
-                                       config.seed), tx, None
+    step = train_step.make_stage1_step(cfg, ema_from(config, cfg), tx, weights_from(config),
+                                       config.seed)
+    return step, jax.jit(lambda codec: train_step.init_stage1(codec, tx))
   disc_tx = optax.chain(optax.clip_by_global_norm(config.disc.clip),
                         optax.adam(config.disc.lr, b1=config.disc.b1, b2=config.disc.b2))
-  step = train_step.make_stage2_step(cfg, ema_from(config, cfg), disc_from(config), tx, disc_tx,
+  dcfg = disc_from(config)
+  step = train_step.make_stage2_step(cfg, ema_from(config, cfg), dcfg, tx, disc_tx,
                                      weights_from(config))
-  return step, tx, disc_tx
+
+  def init(codec):
+    key = jax.random.key(config.seed + 1)
+    disc = init_params(discriminators.disc_specs(dcfg), key)
+    sn = init_params(discriminators.sn_specs(dcfg), jax.random.fold_in(key, 1))
+    return train_step.init_stage2(codec, tx, disc, sn, disc_tx)
+
+  return step, jax.jit(init)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _random_codec(cfg: codec_config.CodecConfig, key: jax.Array) -> dict:
+  return init_params(codec_checkpoint.codec_specs(cfg), key)
 
 
 def _initial_codec(config, cfg, mesh) -> dict:
@@ -188,7 +203,7 @@ def _initial_codec(config, cfg, mesh) -> dict:
   axes = logical_axes(specs)
   source = config.init_from
   if not source:
-    params = jax.jit(lambda key: init_params(specs, key))(jax.random.key(config.seed))
+    params = _random_codec(cfg, jax.random.key(config.seed))
   else:
     if os.path.isdir(os.path.join(source, "export")):
       source = os.path.join(source, "export")  # a codec run's workdir: its final weights
@@ -203,15 +218,8 @@ def _initial_codec(config, cfg, mesh) -> dict:
 
 
 def initial_state(config, cfg, mesh) -> dict:
-  codec = _initial_codec(config, cfg, mesh)
-  _, tx, disc_tx = _compiled_step(_config_key(config))
-  if config.stage == 1:
-    return jax.jit(lambda c: train_step.init_stage1(c, tx))(codec)
-  dcfg = disc_from(config)
-  key = jax.random.key(config.seed + 1)
-  disc = jax.jit(lambda k: init_params(discriminators.disc_specs(dcfg), k))(key)
-  sn = jax.jit(lambda k: init_params(discriminators.sn_specs(dcfg), k))(jax.random.fold_in(key, 1))
-  return jax.jit(lambda c, d, s: train_step.init_stage2(c, tx, d, s, disc_tx))(codec, disc, sn)
+  """The fresh training state of the configured stage (codec from `init_from` or random)."""
+  return _compiled_step(_config_key(config))[1](_initial_codec(config, cfg, mesh))
 
 
 def _config_key(config) -> str:
@@ -269,7 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   if not records:
     raise CodecTrainError(f"config.data.manifest: no usable audio in {config.data.manifest}")
   iterator = make_iterator(config, cfg, records)
-  step_fn, _, _ = _compiled_step(_config_key(config))
+  step_fn, _ = _compiled_step(_config_key(config))
 
   with jax.set_mesh(mesh):
     state = initial_state(config, cfg, mesh)
@@ -343,9 +351,12 @@ def _log(row, total, start, t_start, writer) -> None:
     writer.flush()
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Codec experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
-_MESH = flags.DEFINE_string("mesh", None, "Mesh axes and sizes; default: the config's mesh.")
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so importing this module adds no
+  flags to another program's)."""
+  config_flags.DEFINE_config_file("config", None, "Codec experiment config file.")
+  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+  flags.DEFINE_string("mesh", None, "Mesh axes and sizes; default: the config's mesh.")
 
 
 def main(argv):
@@ -353,11 +364,14 @@ def main(argv):
   # Orbax logs every file of every save at INFO: keep its warnings and errors only.
   logging.get_absl_handler().addFilter(
       lambda record: "orbax" not in record.pathname or record.levelno >= logging.WARNING)
-  config = _CONFIG.value
-  if _MESH.value:
-    config.mesh = _MESH.value
+  args = flags.FLAGS
+  config = args.config
+  if config is None:
+    raise app.UsageError("--config: an experiment file is required")
+  if args.mesh:
+    config.mesh = args.mesh
   try:
-    result = train(config, _WORKDIR.value)
+    result = train(config, args.workdir)
   except CodecTrainError as e:
     logging.error("%s", e)
     raise SystemExit(2) from None
@@ -365,5 +379,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  define_flags()
   app.run(main)

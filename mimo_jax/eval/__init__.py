@@ -1,0 +1,1 @@
+"""Evaluation: codec reconstruction metrics (`codec_metrics`) and their command (`codec`)."""
