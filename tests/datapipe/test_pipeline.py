@@ -4,8 +4,10 @@ epoch, the phase mixture's examples, global batches on 8 fake devices, worker pr
 import functools
 import json
 
+import grain
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from mimo_jax import config, sharding
@@ -160,3 +162,16 @@ def test_worker_processes_are_deterministic_and_resume(shards, fmt):
   in_process = list(_dataset(shards, fmt, seed=5, num_epochs=1, batch_size=1))
   n_segments = lambda batches: sum(int(b["segment_ids"].max()) for b in batches)
   assert n_segments(head + tail) == n_segments(in_process)
+
+
+def test_orbax_checkpoint_of_the_iterator_resumes_it(shards, fmt, tmp_path):
+  it = iter(_dataset(shards, fmt, seed=6))
+  _take(it, 4)
+  with ocp.CheckpointManager(str(tmp_path / "ckpt")) as manager:
+    manager.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    manager.wait_until_finished()
+  expected = _take(it, 3)
+  resumed = iter(_dataset(shards, fmt, seed=6))
+  with ocp.CheckpointManager(str(tmp_path / "ckpt")) as manager:
+    manager.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  assert _same(_take(resumed, 3), expected)

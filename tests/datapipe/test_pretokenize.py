@@ -190,7 +190,10 @@ def _cli(setup, output):
 def test_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(setup, reference):
   output, report, _ = reference
   killed = setup["root"] / "killed"
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  # The resumed run reuses the killed run's compilations through JAX's persistent cache.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "JAX_COMPILATION_CACHE_DIR": str(setup["root"] / "jax_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   first_shard = killed / pretokenize.shard_name(0, report["shards"])
   proc = subprocess.Popen(_cli(setup, killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
