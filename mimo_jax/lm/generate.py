@@ -89,38 +89,44 @@ def decode_patch(params: dict, cfg: MimoAudioConfig, cond_bd: jax.Array, keys_b:
   g, c = cfg.group_size, cfg.audio_channels
   _, valid_sc = model.delay_schedule(cfg)
   steps = valid_sc.shape[0]
+  vocab_c = np.asarray(cfg.speech_vocab_size)
   empty_c = jnp.asarray(cfg.speech_zeroemb_idx, jnp.int32)
-  heads = [h["kernel"].astype(cfg.dtype) for h in params["local_transformer_lm_heads"]]
+  # The c heads padded to the widest vocabulary and sampled as one [b * c, v] batch (one sampler
+  # in the compiled loop instead of c); padded ids are -inf before the filters, so each channel's
+  # top-k / top-p see its own vocabulary only, and the empty ids are banned after them.
+  v = int(vocab_c.max())
+  heads_cdv = jnp.stack([jnp.pad(h["kernel"].astype(cfg.dtype), ((0, 0), (0, v - h["kernel"].shape[1])))
+                         for h in params["local_transformer_lm_heads"]])
+  outside_cv = np.arange(v)[None, :] >= vocab_c[:, None]
+  banned_cv = np.arange(v)[None, :] == np.asarray(cfg.speech_zeroemb_idx)[:, None]
+  sp_n = SamplerParams(*(jnp.repeat(jnp.asarray(x), c) for x in sp))
 
   def body(carry, t):
     x_bd, cache = carry
     out_b1d, cache = stack_forward(params["local_transformer"], x_bd[:, None], cfg.patch_decoder,
                                    positions_bt=jnp.full((b, 1), t, jnp.int32), cache=cache)
+    logits_bcv = jnp.einsum("bd,cdv->bcv", out_b1d[:, 0], heads_cdv,
+                            preferred_element_type=jnp.float32)
+    logits_bcv = jnp.where(outside_cv, -jnp.inf, logits_bcv)
+    keys_bc = jax.vmap(lambda ch: _fold(keys_b, t * c + ch), out_axes=1)(jnp.arange(c))
+    tokens_n = sample(keys_bc.reshape(-1), logits_bcv.reshape(b * c, v), sp_n,
+                      jnp.broadcast_to(banned_cv, (b, c, v)).reshape(b * c, v))
     valid_c = jnp.asarray(valid_sc)[t]
-    tokens, logits = [], []
-    for ch, head_dv in enumerate(heads):
-      logits_bv = jnp.einsum("bd,dv->bv", out_b1d[:, 0], head_dv,
-                             preferred_element_type=jnp.float32)
-      banned_bv = jnp.broadcast_to(jnp.arange(logits_bv.shape[-1]) == empty_c[ch],
-                                   logits_bv.shape)
-      token_b = sample(_fold(keys_b, t * c + ch), logits_bv, sp, banned_bv)
-      tokens.append(jnp.where(valid_c[ch], token_b, empty_c[ch]))
-      logits.append(logits_bv)
-    tokens_bc = jnp.stack(tokens, axis=-1)
+    tokens_bc = jnp.where(valid_c, tokens_n.reshape(b, c), empty_c)
     # The next step reads the sum of the embeddings of the codes emitted now (shared tables).
     x_bd = model.speech_embedding_sum(params, tokens_bc, jnp.broadcast_to(valid_c, (b, c)), cfg)
     if "speech_embeddings_to_local" in params:
       x_bd = jnp.einsum("be,ed->bd", x_bd,
                         params["speech_embeddings_to_local"]["kernel"].astype(cfg.dtype))
-    return (x_bd, cache), (tokens_bc, tuple(logits))
+    return (x_bd, cache), (tokens_bc, logits_bcv)
 
   cache = init_cache(cfg.patch_decoder, b, steps)
-  _, (delayed_sbc, logits_s) = jax.lax.scan(body, (cond_bd.astype(cfg.dtype), cache),
-                                            jnp.arange(steps))
+  _, (delayed_sbc, logits_sbcv) = jax.lax.scan(body, (cond_bd.astype(cfg.dtype), cache),
+                                               jnp.arange(steps))
   codes_bgc = jnp.stack([delayed_sbc[d:d + g, :, ch].T
                          for ch, d in enumerate(cfg.delay_pattern)], axis=-1)
-  logits = tuple(jnp.moveaxis(l_sbv[d:d + g], 0, 1)
-                 for l_sbv, d in zip(logits_s, cfg.delay_pattern))
+  logits = tuple(jnp.moveaxis(logits_sbcv[d:d + g, :, ch, :vocab_c[ch]], 0, 1)
+                 for ch, d in enumerate(cfg.delay_pattern))
   return codes_bgc, delayed_sbc, logits
 
 

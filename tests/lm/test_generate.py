@@ -1,8 +1,9 @@
 """Generation: official traces (tiny fixture), the batched jitted loop against a plain no-cache
 loop, the delayed patch order, samplers, stop sets and max lengths, and reading the outputs.
 
-Compilations are shared: every random-model run uses one (batch 4, 16 prompt positions, 8 steps)
-bucket, the official runs one (batch 2) bucket per numeric mode."""
+Compilations are shared: every run uses 16 prompt positions and 8 steps; the tiny random model
+has the official tiny config, so its batch-1 runs reuse the official fp32 compilation, and its
+batches of 3 run in one batch-4 bucket."""
 
 import functools
 
@@ -19,12 +20,14 @@ from mimo_jax.lm import backbone, model, sampling
 from mimo_jax.lm import generate as gen
 from mimo_jax.lm.layout import FILLER, SpecialTokens
 from mimo_jax.lm.sampling import SamplerConfig, SamplerParams
-from tests.helpers import random_params
+from tests.codec.common import random_codec_params
 
 # Special ids of the fixture's tiny text tokenizer (special_tokens.json).
 TOKENS = SpecialTokens(endoftext=400, im_start=401, im_end=402, sosp=410, eosp=411, empty=412,
                        human=413, speechlm=414, sostm=415, eostm=416, eot=417)
 EMPTY = TOKENS.empty
+BUCKETS = dict(prompt_positions=16, max_new=8)
+REFERENCE_POSITIONS = 24  # prompt + steps of every plain-loop run, so it compiles once
 SPEECH_STOP = (TOKENS.endoftext, TOKENS.eostm, TOKENS.im_end)
 
 
@@ -38,7 +41,8 @@ def _official_run(lm_dir: str, official_sum: bool):
   io = dict(np.load(f"{lm_dir}/io.npz"))
   free = gen.Request(io["input_ids"], 6, SPEECH_STOP)
   forced = gen.Request(io["input_ids"], 6, SPEECH_STOP, forced_text=tuple(io["gen_forced_script"]))
-  results = gen.generate(params, cfg, [free, forced], empty_id=EMPTY, record_logits=True)
+  results = [gen.generate(params, cfg, [r], empty_id=EMPTY, record_logits=True, batch=1,
+                          **BUCKETS)[0] for r in (free, forced)]
   return cfg, io, results
 
 
@@ -91,13 +95,10 @@ def test_forced_run_audio_decodes_to_the_official_wav(official_tiny_lm_dir, offi
 
 # --- the batched loop against a plain loop ----------------------------------------------------
 
-BUCKETS = dict(batch=4, prompt_positions=16, max_new=8)
-
-
 @functools.lru_cache(maxsize=None)
 def _tiny():
   cfg = config.tiny()
-  return cfg, random_params(model.param_specs(cfg), seed=3)
+  return cfg, jax.tree.map(jnp.asarray, random_codec_params(model.param_specs(cfg), seed=3))
 
 
 def _with_empty_column(params: dict, column) -> dict:
@@ -136,7 +137,8 @@ def reference_generate(params, cfg, prompt_kl, max_new, stop=(), forced=()):
   g, c = cfg.group_size, cfg.audio_channels
   empty_c = np.asarray(cfg.speech_zeroemb_idx)
   p = prompt_kl.shape[1] // g
-  seq_kl = np.concatenate([prompt_kl, np.zeros((1 + c, g * max_new), np.int32)], axis=1)
+  seq_kl = np.concatenate([prompt_kl, np.zeros((1 + c, g * (REFERENCE_POSITIONS - p)), np.int32)],
+                          axis=1)
   seq_kl[1:, g * p:] = empty_c[:, None]
   frame_sc, valid_sc = model.delay_schedule(cfg)
   for step in range(max_new):
@@ -188,8 +190,8 @@ def test_batched_loop_equals_the_plain_loop(kind, tiny_prompts):
   alone (a batch-1 compilation) against the plain loop: identical tokens."""
   cfg, params, forced = _steered(kind)
   requests = [gen.Request(p, 8, forced_text=forced) for p in tiny_prompts]
-  batched = gen.generate(params, cfg, requests, empty_id=EMPTY, **BUCKETS)
-  alone = gen.generate(params, cfg, requests[2:], empty_id=EMPTY)  # a batch-1 compilation
+  batched = gen.generate(params, cfg, requests, empty_id=EMPTY, batch=4, **BUCKETS)
+  alone = gen.generate(params, cfg, requests[2:], empty_id=EMPTY, batch=1, **BUCKETS)
   for i, (prompt, result) in enumerate(zip(tiny_prompts, batched)):
     ref_kl = reference_generate(params, cfg, prompt, 8, forced=forced)
     np.testing.assert_array_equal(result.tokens_kl, ref_kl, err_msg=f"row {i}")
