@@ -128,31 +128,38 @@ def _reference_fns(cfg):
   return fwd, heads, local
 
 
+def reference_patch(params, cfg, cond_d) -> np.ndarray:
+  """A greedy patch [g, c] built frame by frame: the teacher-forced patch decoder re-run on the
+  codes chosen so far, each channel read at the step of its delay."""
+  _, _, local = _reference_fns(cfg)
+  frame_sc, valid_sc = model.delay_schedule(cfg)
+  empty_c = np.asarray(cfg.speech_zeroemb_idx)
+  codes_gc = np.tile(empty_c, (cfg.group_size, 1))
+  for t in range(valid_sc.shape[0]):
+    logits = local(params, cond_d[None], codes_gc[None])
+    for ch in np.flatnonzero(valid_sc[t]):
+      scores = np.array(logits[ch][0, frame_sc[t, ch]])
+      scores[empty_c[ch]] = -np.inf
+      codes_gc[frame_sc[t, ch], ch] = np.argmax(scores)
+  return codes_gc
+
+
 def reference_generate(params, cfg, prompt_kl, max_new, stop=(), forced=()):
   """Greedy decoding the plain way: the whole sequence through the model at every step (no
   cache; the sequence is right-padded to a fixed length, which a causal model never reads), and
-  each patch built frame by frame from the teacher-forced patch decoder re-run on the codes
-  chosen so far. Returns the generated columns [1 + c, g * n]."""
-  fwd, heads, local = _reference_fns(cfg)
+  patches from `reference_patch`. Returns the generated columns [1 + c, g * n]."""
+  fwd, heads, _ = _reference_fns(cfg)
   g, c = cfg.group_size, cfg.audio_channels
   empty_c = np.asarray(cfg.speech_zeroemb_idx)
   p = prompt_kl.shape[1] // g
   seq_kl = np.concatenate([prompt_kl, np.zeros((1 + c, g * (REFERENCE_POSITIONS - p)), np.int32)],
                           axis=1)
   seq_kl[1:, g * p:] = empty_c[:, None]
-  frame_sc, valid_sc = model.delay_schedule(cfg)
   for step in range(max_new):
     hidden = fwd(params, seq_kl[None])[:, p + step - 1:p + step]
     text_logits, cond = (np.asarray(a)[0, 0] for a in heads(params, hidden))
     token = int(forced[step]) if step < len(forced) else int(np.argmax(text_logits))
-    codes_gc = np.tile(empty_c, (g, 1))
-    if token == EMPTY:
-      for t in range(valid_sc.shape[0]):
-        logits = local(params, cond[None], codes_gc[None])
-        for ch in np.flatnonzero(valid_sc[t]):
-          scores = np.array(logits[ch][0, frame_sc[t, ch]])
-          scores[empty_c[ch]] = -np.inf
-          codes_gc[frame_sc[t, ch], ch] = np.argmax(scores)
+    codes_gc = reference_patch(params, cfg, cond) if token == EMPTY else np.tile(empty_c, (g, 1))
     seq_kl[0, g * (p + step)] = token
     seq_kl[1:, g * (p + step):g * (p + step + 1)] = codes_gc.T
     if token in stop:
@@ -199,3 +206,148 @@ def test_batched_loop_equals_the_plain_loop(kind, tiny_prompts):
     assert {"text": n_patches == 0, "audio": n_patches == 8,
             "mixed": 0 < n_patches < 8}[kind], (kind, result.text_ids)
   np.testing.assert_array_equal(alone[0].tokens_kl, batched[2].tokens_kl)
+
+
+def test_patch_decoder_emits_in_the_delayed_order():
+  """Channel r emits frame t - r at step t (spec §3.4 schedule) and its empty id at every other
+  step; the un-delayed patch is what the plain frame-by-frame decoder builds."""
+  cfg, params = _tiny()
+  cond_bd = np.random.RandomState(1).randn(2, cfg.local_dim).astype(np.float32)
+  keys_b = jax.random.split(jax.random.key(0), 2)
+  greedy = SamplerParams.of([sampling.GREEDY] * 2)
+  codes_bgc, delayed_sbc, _ = jax.jit(lambda p, x, k, s: gen.decode_patch(p, cfg, x, k, s))(
+      params, cond_bd, keys_b, greedy)
+  codes_bgc, delayed_sbc = np.asarray(codes_bgc), np.asarray(delayed_sbc)
+  empty_c = np.asarray(cfg.speech_zeroemb_idx)
+  assert delayed_sbc.shape == (11, 2, 8)
+  for t in range(11):
+    for ch in range(8):
+      frame = t - cfg.delay_pattern[ch]
+      if 0 <= frame < cfg.group_size:
+        np.testing.assert_array_equal(delayed_sbc[t, :, ch], codes_bgc[:, frame, ch])
+      else:
+        assert (delayed_sbc[t, :, ch] == empty_c[ch]).all(), (t, ch)
+  assert (codes_bgc != empty_c).all()
+  for i in range(2):
+    np.testing.assert_array_equal(codes_bgc[i], reference_patch(params, cfg, cond_bd[i]))
+
+
+def test_stop_sets_min_and_max_lengths(tiny_prompts):
+  """A row stops on the first token of its stop set (kept as its last step), never before
+  min_new steps (stop tokens are banned until then, as the official sampler removes them), and
+  otherwise after max_new steps; rows of one batch stop independently."""
+  cfg, params, _ = _steered("text")
+  free = reference_generate(params, cfg, tiny_prompts[0], 8)
+  stop = int(free[0, 4 * 3])  # the token the free run makes at step 3
+  assert stop not in free[0, :4 * 3:4]
+  requests = [gen.Request(tiny_prompts[0], 8, (stop,)),
+              gen.Request(tiny_prompts[0], 8, (stop,), min_new=5),
+              gen.Request(tiny_prompts[0], 5, (999,)),
+              gen.Request(tiny_prompts[1], 8)]
+  first, banned, short, other = gen.generate(params, cfg, requests, empty_id=EMPTY, batch=4,
+                                             **BUCKETS)
+  assert first.stopped and len(first.text_ids) == 4
+  np.testing.assert_array_equal(first.tokens_kl, free[:, :16])
+  assert stop not in banned.text_ids[:5] and len(banned.text_ids) >= 5
+  assert banned.stopped == (banned.text_ids[-1] == stop)
+  assert not short.stopped and len(short.text_ids) == 5
+  np.testing.assert_array_equal(short.tokens_kl, free[:, :20])
+  np.testing.assert_array_equal(other.tokens_kl,
+                                reference_generate(params, cfg, tiny_prompts[1], 8))
+
+
+def _generation(text_ids, stopped, cfg):
+  """A Generation whose patches (text <|empty|>) carry codes 1, 2, ... per frame."""
+  g, c = cfg.group_size, cfg.audio_channels
+  tokens_kl = np.full((1 + c, g * len(text_ids)), FILLER, np.int32)
+  tokens_kl[1:] = np.asarray(cfg.speech_zeroemb_idx)[:, None]
+  tokens_kl[0, ::g] = text_ids
+  frame = 0
+  for p in np.flatnonzero(np.asarray(text_ids) == EMPTY):
+    tokens_kl[1:, g * p:g * p + g] = np.arange(frame, frame + g) % 100
+    frame += g
+  return gen.Generation(tokens_kl, stopped)
+
+
+def test_text_and_audio_are_read_from_the_stream():
+  """Official post-processing: text drops the final stop token, <|empty|>, <|eot|>, <|eostm|>;
+  audio is the patches after the first <|sostm|> and before the first <|eostm|>."""
+  cfg = config.tiny()
+  t = TOKENS
+  result = _generation([5, EMPTY, t.sostm, 6, 7, t.eot, EMPTY, EMPTY, t.eostm, EMPTY, t.im_end],
+                       True, cfg)
+  np.testing.assert_array_equal(gen.output_text_ids(result, t), [5, t.sostm, 6, 7])
+  codes_tc = gen.output_codes(result, t, cfg)
+  np.testing.assert_array_equal(codes_tc[:, 0], np.arange(4, 12))  # patches 2 and 3 only
+  # Ran out of steps: the last token is text, kept; no stream markers: all patches.
+  result = _generation([EMPTY, 8, EMPTY, 9], False, cfg)
+  np.testing.assert_array_equal(gen.output_text_ids(result, t), [8, 9])
+  np.testing.assert_array_equal(gen.output_codes(result, t, cfg)[:, 0], np.arange(8))
+
+
+# --- samplers ---------------------------------------------------------------------------------
+
+
+def _numpy_filter(x_v, temperature, top_k, top_p):
+  """The official sampler's filters in numpy: temperature; drop scores under the k-th largest;
+  drop the ascending prefix whose cumulative softmax mass is <= 1 - p, never the top score."""
+  x_v = x_v / temperature
+  if top_k > 0:
+    x_v = np.where(x_v < np.sort(x_v)[::-1][min(top_k, len(x_v)) - 1], -np.inf, x_v)
+  if top_p < 1:
+    order = np.argsort(x_v, kind="stable")
+    probs = np.exp(x_v[order] - x_v.max())
+    drop = np.cumsum(probs / probs.sum()) <= 1 - top_p
+    drop[-1] = False
+    x_v = x_v.copy()
+    x_v[order[drop]] = -np.inf
+  return x_v
+
+
+def test_filters_follow_the_official_sampler():
+  rng = np.random.RandomState(0)
+  logits_bv = rng.randn(6, 50).astype(np.float32) * 2
+  settings = [SamplerConfig(temperature=1.0), SamplerConfig(temperature=0.6, top_k=5),
+              SamplerConfig(temperature=0.9, top_p=0.95), SamplerConfig(temperature=0.6, top_k=50,
+                                                                        top_p=0.95),
+              SamplerConfig(top_k=80, top_p=0.3), SamplerConfig(temperature=2.0, top_p=0.999)]
+  ours = np.asarray(sampling.filter_logits(jnp.asarray(logits_bv), SamplerParams.of(settings)))
+  for i, s in enumerate(settings):
+    ref = _numpy_filter(logits_bv[i].astype(np.float64), s.temperature, s.top_k, s.top_p)
+    np.testing.assert_array_equal(np.isinf(ours[i]), np.isinf(ref), err_msg=str(s))
+    np.testing.assert_allclose(ours[i][np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-6)
+  assert np.isfinite(ours[1]).sum() == 5 and np.isfinite(ours[4]).sum() >= 1
+
+
+def test_draws_are_seeded_per_row_follow_the_distribution_and_skip_banned_ids():
+  logits_v = np.log(np.asarray([0.5, 0.2, 0.15, 0.1, 0.05], np.float32))
+  n = 4000
+  keys_n = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(7), i))(jnp.arange(n))
+  draw = jax.jit(sampling.sample)
+  sampled = SamplerParams.of([SamplerConfig(temperature=0.7, top_k=4)] * n)
+  tokens = np.asarray(draw(keys_n, jnp.tile(logits_v, (n, 1)), sampled))
+  expected = np.exp(_numpy_filter(logits_v.astype(np.float64), 0.7, 4, 1.0))
+  np.testing.assert_allclose(np.bincount(tokens, minlength=5) / n, expected / expected.sum(),
+                             atol=0.03)
+  np.testing.assert_array_equal(tokens, np.asarray(draw(keys_n, jnp.tile(logits_v, (n, 1)),
+                                                        sampled)))  # same keys, same draws
+  banned = jnp.zeros((n, 5), bool).at[:, 0].set(True)
+  tokens = np.asarray(draw(keys_n, jnp.tile(logits_v, (n, 1)), sampled, banned))
+  assert 0 not in tokens and len(set(tokens)) == 3  # top-4 of 5, less the banned one
+  greedy = SamplerParams.of([sampling.GREEDY] * n)
+  assert (np.asarray(draw(keys_n, jnp.tile(logits_v, (n, 1)), greedy, banned)) == 1).all()
+
+
+def test_sampled_generation_is_reproducible_and_independent_of_the_batch(tiny_prompts):
+  """Each row draws from its own seed: alone or beside other rows it makes the same tokens;
+  another seed makes others."""
+  cfg, params, _ = _steered("mixed")
+  preset = sampling.PRESETS["default"]
+  request = lambda seed: gen.Request(tiny_prompts[2], 8, forced_text=(EMPTY,), seed=seed,
+                                     text=preset.text, audio=preset.audio)
+  batch = gen.generate(params, cfg, [request(1), request(2), request(1)], empty_id=EMPTY,
+                       batch=4, **BUCKETS)
+  alone = gen.generate(params, cfg, [request(1)], empty_id=EMPTY, batch=1, **BUCKETS)
+  np.testing.assert_array_equal(batch[0].tokens_kl, batch[2].tokens_kl)
+  np.testing.assert_array_equal(batch[0].tokens_kl, alone[0].tokens_kl)
+  assert not np.array_equal(batch[0].tokens_kl, batch[1].tokens_kl)
