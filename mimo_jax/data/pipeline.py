@@ -2,6 +2,8 @@
 
   records of this host   MapDataset over the shards' records, rows process_index::process_count
   shuffled per epoch     seeded; each epoch reshuffles (shuffle before repeat)
+  mixed (optional)       several corpora, each sliced, shuffled and repeated alone, mixed by
+                         weight (`grain.MapDataset.mix`)
   decoded, templated     `example_fn(record, index)` -> {"input_ids", "loss_mask"}, or
                          {"skip": reason} (counted by the packer; `PhaseExamples` is the
                          phase's task mixture of `templates`)
@@ -19,7 +21,7 @@ depends on `worker_count`: keep it fixed across a save and its restore.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grain
 import jax
@@ -39,8 +41,9 @@ BATCH_AXES = {"input_ids": ("batch", None, None), "segment_ids": ("batch", None)
 
 class PhaseExamples:
   """The training phase's task mixture over shard records (`templates.example_for`): the task and
-  its random choices come from (seed, index). A record no task can use (e.g. an empty transcript
-  for ASR) becomes a skip marker with the template's reason."""
+  its random choices come from (seed, index). A record whose `task` field names a template (from
+  the manifest) always gets that task. A record the task cannot use (e.g. an empty transcript
+  for ASR) becomes the skip marker `template_failed:<task>`."""
 
   def __init__(self, fmt: templates.Formatter, phase: str, seed: int,
                mixtures=templates.PHASE_MIXTURES):
@@ -51,10 +54,12 @@ class PhaseExamples:
   def __call__(self, record: dict, index: int) -> dict:
     utt = templates.Utterance(record["text"], record["codes"].astype(np.int32),
                               record.get("speaker", ""), record.get("language", ""))
+    rng = np.random.default_rng([self.seed, index])  # as templates.example_for draws
+    task = record.get("task") or templates.sample_task(self.phase, rng, self.mixtures)
     try:
-      example = templates.example_for(self.fmt, utt, self.phase, self.seed, index, self.mixtures)
-    except (templates.TemplateError, LayoutError) as e:
-      return {"skip": f"template_failed:{str(e).split(':')[0]}"}
+      example = templates.render(self.fmt, task, utt, rng)
+    except (templates.TemplateError, LayoutError):
+      return {"skip": f"template_failed:{task}"}
     return {"input_ids": example.ids_kl, "loss_mask": example.loss_mask_p}
 
 
@@ -68,7 +73,19 @@ class _Examples(grain.transforms.MapWithIndex):
     return self._example_fn(pretokenize.deserialize(data), index)
 
 
-def make_dataset(shard_paths: Sequence[str], example_fn: ExampleFn, packer: packing.Packer, *,
+def _host_records(paths: Sequence[str], seed: int, process_index: int, process_count: int,
+                  shuffle: bool, num_epochs: int | None) -> grain.MapDataset:
+  if not paths:
+    raise ValueError("make_dataset: no shard paths given (did pre-tokenisation write any?)")
+  source = grain.sources.ArrayRecordDataSource(list(paths))
+  ds = grain.MapDataset.source(source)[process_index::process_count].seed(seed)
+  return (ds.shuffle() if shuffle else ds).repeat(num_epochs)
+
+
+Sources = Sequence[str] | Mapping[str, tuple[Sequence[str], float]]
+
+
+def make_dataset(shard_paths: Sources, example_fn: ExampleFn, packer: packing.Packer, *,
                  batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
                  num_epochs: int | None = None, shuffle: bool = True,
                  pack_window_sequences: int = 8, worker_count: int = 0,
@@ -76,26 +93,39 @@ def make_dataset(shard_paths: Sequence[str], example_fn: ExampleFn, packer: pack
   """This host's stream of packed batches: dicts of numpy arrays with a leading `batch_size`
   axis (`input_ids` [b, 1 + C, G * P], `segment_ids` / `positions` / `loss_mask` [b, P]).
 
+  `shard_paths`: the shard files of one corpus, or {name: (shard files, weight)} to mix several
+  (each repeats forever; the mixture draws records in proportion to the weights).
   `num_epochs=None` repeats forever (training); a finite count ends the stream, and the last
   incomplete batch is dropped.
   """
-  if not shard_paths:
-    raise ValueError("make_dataset: no shard paths given (did pre-tokenisation write any?)")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  source = grain.sources.ArrayRecordDataSource(list(shard_paths))
-  ds = grain.MapDataset.source(source)[process_index::process_count].seed(seed)
-  if shuffle:
-    ds = ds.shuffle()
-  ds = ds.repeat(num_epochs).map_with_index(_Examples(example_fn))
+  if isinstance(shard_paths, Mapping):
+    if num_epochs is not None:
+      raise ValueError("make_dataset: a mixture of corpora repeats forever; use num_epochs=None")
+    if not shard_paths or any(w <= 0 for _, w in shard_paths.values()):
+      raise ValueError(f"make_dataset: mixture weights must be positive, got "
+                       f"{ {k: w for k, (_, w) in shard_paths.items()} }")
+    names = sorted(shard_paths)
+    parts = [_host_records(shard_paths[name][0], _derived_seed(seed, i), process_index,
+                           process_count, shuffle, None) for i, name in enumerate(names)]
+    ds = grain.MapDataset.mix(parts, [shard_paths[name][1] for name in names])
+  else:
+    ds = _host_records(shard_paths, seed, process_index, process_count, shuffle, num_epochs)
+  ds = ds.map_with_index(_Examples(example_fn))
   it = packing.PackIterDataset(ds.to_iter_dataset(), packer, pack_window_sequences)
   it = it.batch(batch_size, drop_remainder=True)
   if worker_count > 0:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
   return it
+
+
+def _derived_seed(seed: int, i: int) -> int:
+  """Independent shuffle seed of corpus i of a mixture."""
+  return int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
 
 
 def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
@@ -135,7 +165,7 @@ class TrainIterator:
     return packing.skipped(self.grain.get_state())
 
 
-def make_train_iterator(shard_paths: Sequence[str], fmt: templates.Formatter, phase: str,
+def make_train_iterator(shard_paths: Sources, fmt: templates.Formatter, phase: str,
                         seq_positions: int, global_batch: int, seed: int, mesh: Mesh, *,
                         split_long: bool = False, num_epochs: int | None = None,
                         pack_window_sequences: int = 8, worker_count: int = 0,

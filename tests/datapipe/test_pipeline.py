@@ -2,6 +2,7 @@
 epoch, the phase mixture's examples, global batches on 8 fake devices, worker processes."""
 
 import functools
+import itertools
 import json
 
 import grain
@@ -175,3 +176,30 @@ def test_orbax_checkpoint_of_the_iterator_resumes_it(shards, fmt, tmp_path):
   with ocp.CheckpointManager(str(tmp_path / "ckpt")) as manager:
     manager.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
   assert _same(_take(resumed, 3), expected)
+
+
+def test_corpora_mix_by_weight_and_a_record_task_overrides_the_mixture(shards, fmt):
+  ds = pipeline.make_dataset({"a": (shards[:2], 3.0), "b": (shards[2:], 1.0)},
+                             functools.partial(_record_id, fmt.layout),
+                             packing.Packer(8, fmt.layout), batch_size=1, seed=3)
+  ids = []
+  for b in itertools.islice(ds, 40):
+    ids += [int(t) for t, s in zip(b["input_ids"][0, 0, ::4], b["segment_ids"][0]) if s > 0]
+  from_a = sum(i < 32 for i in ids)  # shards[:2] hold records 0..31
+  assert abs(from_a - 0.75 * len(ids)) <= 2 and len(ids) >= 200
+  with pytest.raises(ValueError, match="num_epochs=None"):
+    pipeline.make_dataset({"a": (shards, 1.0)}, _record_id, packing.Packer(8, fmt.layout),
+                          batch_size=1, seed=0, num_epochs=1)
+  make = pipeline.PhaseExamples(fmt, "generation", seed=0)
+  record = {"text": "the quick fox", "codes": np.ones((12, 8), np.uint16), "task": "asr"}
+  for index in range(6):
+    ex = make(record, index)
+    parsed = L.parse_sequence(ex["input_ids"], fmt.layout)
+    assert [type(x).__name__ for x in parsed] == ["AudioSegment", "TextSegment"]
+  assert make({**record, "task": "no_such_task"}, 0) == {"skip": "template_failed:no_such_task"}
+  # Without a task, the phase mixture decides, exactly as templates.example_for does.
+  record["task"] = ""
+  for index in range(6):
+    np.testing.assert_array_equal(make(record, index)["input_ids"], templates.example_for(
+        fmt, templates.Utterance("the quick fox", record["codes"].astype(np.int32)),
+        "generation", 0, index).ids_kl)
