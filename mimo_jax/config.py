@@ -17,6 +17,9 @@ from typing import Any
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+# Self-attention without a KV cache: "xla" materialises the [b, heads, t, t] scores; "splash" is
+# the TPU Pallas flash kernel (memory linear in t; interpret mode off TPU).
+ATTENTION_IMPLS = ("xla", "splash")
 
 # The official model class and HF model type written into config.json.
 _ARCHITECTURE = "MiMoAudioForCausalLM"
@@ -45,6 +48,7 @@ class StackConfig:
   causal: bool
   dtype: str = "float32"
   remat_policy: str = "none"
+  attention: str = "xla"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +86,9 @@ class MimoAudioConfig:
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  # The backbone's attention without a cache (ATTENTION_IMPLS). The patch stacks always use
+  # "xla": their sequences (a patch, the decoder's steps) are shorter than one kernel block.
+  attention: str = "xla"
   # The official code sums the 8 speech embeddings into a bfloat16 buffer whatever the model
   # dtype, so its patch encoder sees bf16 inputs. True reproduces that bit for bit (to match the
   # released PyTorch code's fp32 outputs); False (default) sums in the compute dtype, the
@@ -128,6 +135,8 @@ class MimoAudioConfig:
              f"must be one of {DTYPES}, got {getattr(self, name)!r}")
     _check(self.remat_policy in REMAT_POLICIES, "remat_policy",
            f"must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    _check(self.attention in ATTENTION_IMPLS, "attention",
+           f"must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
 
   # --- the three stacks -------------------------------------------------------------------------
   @property
@@ -137,7 +146,7 @@ class MimoAudioConfig:
         n_heads=self.num_attention_heads, n_kv_heads=self.num_key_value_heads,
         head_dim=self.head_dim, d_ff=self.intermediate_size, rope_theta=self.rope_theta,
         norm_eps=self.rms_norm_eps, causal=True, dtype=self.dtype,
-        remat_policy=self.remat_policy)
+        remat_policy=self.remat_policy, attention=self.attention)
 
   @property
   def patch_encoder(self) -> StackConfig:
@@ -202,7 +211,8 @@ class MimoAudioConfig:
     return dataclasses.replace(self, **changes)
 
 
-_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "remat_policy", "official_bf16_speech_sum"})
+_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "remat_policy", "official_bf16_speech_sum",
+                             "attention"})
 _REQUIRED_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                   "intermediate_size", "vocab_size")
 

@@ -7,14 +7,25 @@ Masks are built from explicit token positions and segment ids, so one rule cover
 bidirectional stacks, sliding windows, packed sequences (segment ids; positions restart per
 segment) and cached decoding (cache slots carry the position and segment of the token written
 there; empty slots have segment 0, which no real token uses).
+
+Self-attention without a cache (training, scoring) can also run without materialising the
+[b, n, t, s] scores: `self_attend` dispatches on the implementation named by the config's
+`attention` field ("xla" = `attend` with an explicit mask, "splash" = the TPU Pallas splash
+kernel).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+
+from mimo_jax import sharding
 
 
 def attention_mask(q_pos_bt: jax.Array, kv_pos_bs: jax.Array, q_seg_bt: jax.Array,
@@ -43,6 +54,95 @@ def attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
   """Softmax(q k^T / sqrt(h)) v with n/k query heads per kv head (HF repeat_kv grouping)."""
   # jax.nn.dot_product_attention handles the grouping, the fp32 softmax and, on GPU, cuDNN.
   return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None, :, :])
+
+
+def self_attend(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, positions_bt: jax.Array,
+                segment_ids_bt: jax.Array, *, causal: bool, impl: str) -> jax.Array:
+  """Self-attention of t tokens under the `attention_mask` rule, by implementation `impl`.
+
+  "xla" builds the [b, t, t] mask and calls `attend`. "splash" never holds the scores (see
+  `splash_attend`); it applies causality by token index, which equals the positional rule
+  wherever positions increase along a segment: every real token of a packed batch (positions
+  restart at each segment start). Padding (segment 0, position 0 in packed rows) only ever sees
+  padding, so its outputs may differ between implementations while real tokens' do not.
+  """
+  if impl == "xla":
+    mask_btt = attention_mask(positions_bt, positions_bt, segment_ids_bt, segment_ids_bt,
+                              causal=causal)
+    return attend(q_btnh, k_btkh, v_btkh, mask_btt)
+  if impl == "splash":
+    return splash_attend(q_btnh, k_btkh, v_btkh, segment_ids_bt, causal=causal)
+  raise ValueError(f"attention: unknown implementation {impl!r}")
+
+
+# Kernel tiles, largest first: 512 is the splash default the MaxText v5e/v5p recipes use; the
+# kernel needs multiples of 128 (the TPU lane width).
+_SPLASH_BLOCKS = (512, 256, 128)
+
+
+def splash_attend(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array,
+                  segment_ids_bt: jax.Array, *, causal: bool) -> jax.Array:
+  """TPU Pallas splash (flash) attention: blockwise online softmax, O(t) memory, masked-out blocks
+  skipped; grouped KV heads natively; packed rows via segment ids (0 = padding attends to padding,
+  as in `attention_mask`). t must be a multiple of 128.
+
+  Under a mesh (`jax.set_mesh`) the kernel runs per shard via `shard_map`, batch over the
+  mesh axes of the "batch" rule and heads over those of "activation_heads"; the kernel runs
+  compiled when the mesh (or, without one, the default backend) is a TPU, else in Pallas
+  interpret mode (slow; for tests).
+  """
+  b, t, n, h = q_btnh.shape
+  n_kv = k_btkh.shape[2]
+  block = next((c for c in _SPLASH_BLOCKS if t % c == 0), None)
+  if block is None:
+    raise ValueError(f"attention='splash': sequence length {t} must be a multiple of 128")
+  mesh = jax.sharding.get_abstract_mesh()
+  platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+  # The kernel takes unscaled logits.
+  q_btnh = q_btnh * jnp.asarray(h ** -0.5, q_btnh.dtype)
+  attend_fn = functools.partial(_splash_per_shard, causal=causal, block=block,
+                                interpret=platform != "tpu")
+  if mesh.empty:
+    return attend_fn(q_btnh, k_btkh, v_btkh, segment_ids_bt)
+  qkv_spec = sharding.logical_to_spec(("batch", "length", "activation_heads", None))
+  seg_spec = sharding.logical_to_spec(("batch", "length"))
+  if seg_spec[1] is not None:
+    raise ValueError("attention='splash': the 'length' axis must not be sharded")
+  for what, size, axes in (("batch", b, qkv_spec[0]), ("query heads", n, qkv_spec[2]),
+                           ("kv heads", n_kv, qkv_spec[2])):
+    shards = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
+    if size % shards:
+      raise ValueError(f"attention='splash': {what} ({size}) do not divide over mesh axes "
+                       f"{axes} ({shards} shards)")
+  # check_vma=False: pallas_call does not declare how its outputs vary over the mesh.
+  return jax.shard_map(attend_fn, in_specs=(qkv_spec,) * 3 + (seg_spec,), out_specs=qkv_spec,
+                       check_vma=False)(q_btnh, k_btkh, v_btkh, segment_ids_bt)
+
+
+def _splash_per_shard(q_btnh, k_btkh, v_btkh, segment_ids_bt, *, causal: bool, block: int,
+                      interpret: bool):
+  _, t, n, _ = q_btnh.shape
+  kernel = _splash_kernel(n, t, causal, block, interpret)
+  heads_first = lambda x_bt_h: x_bt_h.transpose(0, 2, 1, 3)  # the kernel's [heads, len, h]
+
+  def one_row(q_nth, k_kth, v_kth, seg_t):
+    return kernel(q_nth, k_kth, v_kth, segment_ids=splash.SegmentIds(q=seg_t, kv=seg_t))
+
+  o_bnth = jax.vmap(one_row)(heads_first(q_btnh), heads_first(k_btkh), heads_first(v_btkh),
+                             segment_ids_bt.astype(jnp.int32))
+  return heads_first(o_bnth)
+
+
+@functools.lru_cache(maxsize=None)
+def _splash_kernel(n_heads: int, t: int, causal: bool, block: int, interpret: bool):
+  # The block-sparsity tables are built on the host from the static mask, once per shape.
+  one_head = splash_mask.CausalMask((t, t)) if causal else splash_mask.FullMask((t, t))
+  blocks = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                             block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                             block_q_dq=block, block_kv_dq=block)
+  return splash.make_splash_mha(splash_mask.MultiHeadMask([one_head] * n_heads),
+                                block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                                interpret=interpret)
 
 
 class KVCache(NamedTuple):

@@ -9,12 +9,14 @@ Params: {"layers": {... each leaf [l, ...]}, "norm": {"scale": [d]}}, names as i
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from mimo_jax import sharding
 from mimo_jax.config import StackConfig
-from mimo_jax.nn.attention import KVCache, attend, attention_mask, write_layer_kv
+from mimo_jax.nn.attention import KVCache, attend, attention_mask, self_attend, write_layer_kv
 from mimo_jax.nn.mlp import swiglu, swiglu_specs
 from mimo_jax.nn.norms import rms_norm
 from mimo_jax.nn.params import ParamSpec, stack_specs
@@ -61,8 +63,9 @@ def _project(x_btd: jax.Array, proj: dict, n: int, h: int) -> jax.Array:
 
 
 def _layer(cfg: StackConfig, layer: dict, x_btd: jax.Array, cos_bth: jax.Array,
-           sin_bth: jax.Array, mask_bts: jax.Array, kv_cache, index, input_normed_dtype=None):
-  """One decoder layer. kv_cache is None or this layer's (k_bskh, v_bskh) to update."""
+           sin_bth: jax.Array, attn_fn, kv_cache, index, input_normed_dtype=None):
+  """One decoder layer. attn_fn(q_btnh, k_bskh, v_bskh) -> o_btnh; kv_cache is None or this
+  layer's (k_bskh, v_bskh) to update."""
   attn = layer["self_attn"]
   h_btd = rms_norm(x_btd, layer["input_layernorm"]["scale"], cfg.norm_eps, input_normed_dtype)
   q_btnh = apply_rope(_project(h_btd, attn["q_proj"], cfg.n_heads, cfg.head_dim), cos_bth, sin_bth)
@@ -75,7 +78,7 @@ def _layer(cfg: StackConfig, layer: dict, x_btd: jax.Array, cos_bth: jax.Array,
     kv_cache = (k_bskh, v_bskh)
   else:
     k_bskh, v_bskh = k_btkh, v_btkh
-  o_btnh = attend(q_btnh, k_bskh, v_bskh, mask_bts)
+  o_btnh = attn_fn(q_btnh, k_bskh, v_bskh)
   o_bte = o_btnh.reshape(*o_btnh.shape[:2], -1)
   x_btd = x_btd + jnp.einsum("bte,ed->btd", o_bte, attn["o_proj"]["kernel"])
   h_btd = rms_norm(x_btd, layer["post_attention_layernorm"]["scale"], cfg.norm_eps)
@@ -92,6 +95,8 @@ def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
 
   positions default to 0..t-1 and segment ids to 1 (one sequence per row). With a cache, the t
   tokens are appended at cache.index and attend to every earlier slot of their segment.
+  Without a cache, cfg.attention picks the attention implementation (`self_attend`); with one,
+  attention is always "xla" over the cache slots.
 
   torch_input_dtype (e.g. bfloat16) reproduces a PyTorch Qwen2 stack with cfg.dtype weights fed
   inputs of that narrower dtype, as the official patch encoder is: the RoPE tables and the first
@@ -112,7 +117,14 @@ def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
   else:
     cache = cache.write_tokens(positions_bt, segment_ids_bt)
     kv_pos_bs, kv_seg_bs, index = cache.positions_bs, cache.segment_ids_bs, cache.index
-  mask_bts = attention_mask(positions_bt, kv_pos_bs, segment_ids_bt, kv_seg_bs, causal=cfg.causal)
+  if cache is None and cfg.attention != "xla":
+    attn_fn = functools.partial(self_attend, positions_bt=positions_bt,
+                                segment_ids_bt=segment_ids_bt, causal=cfg.causal,
+                                impl=cfg.attention)
+  else:
+    mask_bts = attention_mask(positions_bt, kv_pos_bs, segment_ids_bt, kv_seg_bs,
+                              causal=cfg.causal)
+    attn_fn = lambda q_btnh, k_bskh, v_bskh: attend(q_btnh, k_bskh, v_bskh, mask_bts)
 
   cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype), tree)
   layers = params["layers"]
@@ -122,13 +134,13 @@ def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
     cos_bth, sin_bth = (t.astype(torch_input_dtype).astype(jnp.float32)
                         for t in (cos_bth, sin_bth))
     first = cast(jax.tree.map(lambda w: w[0], layers))
-    x_btd, _ = _layer(cfg, first, x_btd, cos_bth, sin_bth, mask_bts, None, None,
+    x_btd, _ = _layer(cfg, first, x_btd, cos_bth, sin_bth, attn_fn, None, None,
                       input_normed_dtype=torch_input_dtype)
     layers = jax.tree.map(lambda w: w[1:], layers)
 
   def body(x_btd, xs):
     layer, kv_cache = xs
-    return _layer(cfg, cast(layer), x_btd, cos_bth, sin_bth, mask_bts, kv_cache, index)
+    return _layer(cfg, cast(layer), x_btd, cos_bth, sin_bth, attn_fn, kv_cache, index)
 
   if cfg.remat_policy != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
