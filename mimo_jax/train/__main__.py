@@ -4,6 +4,8 @@
                          --config.train.phase=generation --config.train.steps=100 ...
   --workdir              local folder or gs:// path; a workdir with a checkpoint is resumed
   --mesh                 overrides config.mesh, e.g. data:1,fsdp:-1,tensor:1
+  --export_dir           when the run finishes, write an official safetensors checkpoint there
+                         (LoRA adapters merged)
   --init_from            params to start from: another run's workdir or checkpoint folder
                          (phase 2 from phase 1; the optimizer starts fresh), or an official
                          MiMo-Audio safetensors folder (its config.json is the model)
@@ -15,6 +17,7 @@ Exit status: 0 when the run finished or saved a checkpoint on SIGTERM (preemptio
 stopped on non-finite losses (after a checkpoint), 2 on a bad flag or config.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -25,6 +28,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local or gs://).")
 _MESH = flags.DEFINE_string("mesh", None, "Mesh axes and sizes; default: the config's mesh.")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "Params to start from (see module doc).")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "When the run finishes, write its params "
+                                  "here as an official MiMo-Audio checkpoint (LoRA merged).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with no "
                                "arguments (TPU pods and clusters JAX detects).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
@@ -56,6 +61,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _quiet_orbax()
+  config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+  if not os.path.isfile(config_file):
+    print(f"error: --config={config_file}: no such file", file=sys.stderr)
+    sys.exit(2)
   _initialize_distributed()  # before any other JAX call
   from mimo_jax.config import ConfigError
   from mimo_jax.sharding import MeshError
@@ -73,6 +82,10 @@ def main(argv):
     sys.exit(1)
   print(f"{result.reason} at step {result.step}; checkpoint {result.checkpoint_step} in "
         f"{_WORKDIR.value}")
+  if _EXPORT_DIR.value and result.reason == "finished":
+    files = loop.export(result.state, result.setup, _EXPORT_DIR.value)
+    if files:
+      print(f"exported {', '.join(files)} to {_EXPORT_DIR.value}")
 
 
 if __name__ == "__main__":

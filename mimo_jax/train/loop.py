@@ -4,10 +4,11 @@
 
   workdir/checkpoints/<step>/{params,train,data}   Orbax (params, the rest of the state, and
                                                    each process's Grain iterator position)
-  workdir/run.json            the resolved config, model, optimizer and loss settings
-  workdir/metrics.jsonl       one row per step (losses, accuracies, LRs, grad norm, timing)
-  workdir/tensorboard/        TensorBoard event files
-  workdir/loss_curve.png      the loss curves, redrawn at every checkpoint and at the end
+  and in the log dir (config.log.dir, default the workdir):
+  run.json            the resolved config, model, optimizer and loss settings
+  metrics.jsonl       one row per step (losses, accuracies, LRs, grad and param norms, timing)
+  tensorboard/        TensorBoard event files
+  loss_curve.png      the loss curves, redrawn at every checkpoint and at the end
 
 A directory that already holds a checkpoint is resumed from its latest one: the state and the
 data iterator continue exactly (bitwise on CPU), on the same or a different mesh. Otherwise the
@@ -32,14 +33,14 @@ from jax.experimental import multihost_utils
 
 from mimo_jax import sharding
 from mimo_jax.config import ConfigError, MimoAudioConfig, load_config
-from mimo_jax.convert.hf import import_checkpoint
+from mimo_jax.convert.hf import export_checkpoint, import_checkpoint
 from mimo_jax.lm import model as lm_model
 from mimo_jax.nn.params import logical_axes
 from mimo_jax.train import config as train_config
-from mimo_jax.train import data, metrics
+from mimo_jax.train import data, lora, metrics
 from mimo_jax.train.checkpoint import Checkpointer, restore_params
 from mimo_jax.train.state import TrainSetup, abstract_params_of, create_state
-from mimo_jax.train.step import TrainStep, batch_shapes, make_train_step
+from mimo_jax.train.step import TrainStep, check_batch, make_train_step
 
 PARAMS, TRAIN = "params", "train"
 CHECKPOINT_DIR = "checkpoints"
@@ -54,6 +55,7 @@ class RunResult:
   step: int  # steps done (the state's step)
   checkpoint_step: int | None
   state: dict
+  setup: TrainSetup
 
 
 class NonFiniteError(RuntimeError):
@@ -69,18 +71,33 @@ def join_state(items: dict[str, Any]) -> dict:
   return {"params": items[PARAMS], **items[TRAIN]}
 
 
-def check_workdir(workdir: str) -> None:
-  """Fails now, naming --workdir, if the run could not write its checkpoints and logs."""
-  if workdir.startswith("gs://"):
-    return  # checked by the first checkpoint write; gcs permissions are not visible locally
+def _check_writable(path: str, name: str) -> None:
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_probe_{jax.process_index()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise ConfigError(f"--workdir={workdir}: not writable ({e.strerror or e})") from None
+    raise ConfigError(f"{name}={path}: not writable ({e.strerror or e})") from None
+
+
+def log_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+  return cfg.log.dir or workdir
+
+
+def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
+  """Fails now, naming the flag, if the run could not write its checkpoints and logs."""
+  if workdir.startswith("gs://"):
+    # Checkpoints go through Orbax (GCS permissions show at the first save); logs need a
+    # local folder.
+    if not cfg.log.dir:
+      raise ConfigError(f"--workdir={workdir}: a gs:// workdir needs --config.log.dir (a local "
+                        "folder for metrics.jsonl, TensorBoard and the loss curve)")
+  else:
+    _check_writable(workdir, "--workdir")
+  if cfg.log.dir:
+    _check_writable(cfg.log.dir, "--config.log.dir")
 
 
 def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
@@ -132,11 +149,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
   """Runs (or resumes) the training job `cfg` in `workdir`.
 
   mesh_flag overrides cfg.mesh; model_cfg overrides the config's model block (e.g. the
-  config.json of an imported checkpoint); train_step reuses an already built step (tests);
+  config.json of an imported checkpoint); train_step reuses an already built step and its mesh;
   max_steps stops this call early (after that many steps in total) without ending the run.
   """
   train_config.validate(cfg)
-  check_workdir(workdir)
+  check_workdir(cfg, workdir)
   preemption = _Preemption()  # from here on SIGTERM means: save after the next step and exit
   try:
     return _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
@@ -147,7 +164,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
 
 def _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
            preemption: _Preemption) -> RunResult:
-  mesh = sharding.make_mesh(mesh_flag or cfg.mesh)
+  if train_step is not None:
+    mesh = train_step.batch_shardings["input_ids"].mesh
+  else:
+    mesh = sharding.make_mesh(mesh_flag or cfg.mesh)
   if model_cfg is None and init_from and os.path.exists(os.path.join(init_from, "config.json")):
     m = cfg.model  # an official checkpoint brings its own shape; the runtime fields stay ours
     model_cfg = load_config(init_from, dtype=m.dtype, param_dtype=m.param_dtype,
@@ -157,17 +177,17 @@ def _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
   if t.batch_size % jax.process_count():
     raise ConfigError(f"config.train.batch_size: {t.batch_size} does not divide over "
                       f"{jax.process_count()} processes")
+  check_batch(t.batch_size, t.grad_accum_steps, mesh)
+  source = data.make_source(cfg, setup.model, mesh)
   if train_step is None:
-    train_step = make_train_step(setup, mesh, t.batch_size, t.positions, cfg.data.empty_id)
-  shapes = batch_shapes(setup, t.batch_size, t.positions)
-  rows = data.local_rows(train_step.batch_shardings["input_ids"], shapes["input_ids"])
-  iterator = data.make_iterator(cfg, setup.model, rows)
+    train_step = make_train_step(setup, mesh, t.batch_size, t.positions, source.empty_id)
 
   ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), every_steps=cfg.checkpoint.every_steps,
                       keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
   try:
-    state = _initial_state(cfg, setup, mesh, ckpt, train_step, iterator, workdir, init_from)
-    return _steps(cfg, setup, workdir, ckpt, train_step, iterator, state, shapes, max_steps,
+    state = _initial_state(cfg, setup, mesh, ckpt, train_step, source.iterator.grain, workdir,
+                           init_from)
+    return _steps(cfg, setup, workdir, ckpt, train_step, source.iterator, state, max_steps,
                   preemption)
   finally:
     ckpt.close()
@@ -177,7 +197,7 @@ def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step:
                    iterator, workdir: str, init_from: str | None) -> dict:
   """The latest checkpoint of this run (with the iterator moved to its position), else a fresh
   state from init_from or random weights."""
-  jsonl = os.path.join(workdir, METRICS_FILE)
+  jsonl = os.path.join(log_dir(cfg, workdir), METRICS_FILE)
   resume_step = ckpt.latest_step()
   if resume_step is not None:
     logging.info("resuming from %s/%d", ckpt.directory, resume_step)
@@ -190,7 +210,7 @@ def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step:
     if os.path.exists(jsonl) and jax.process_index() == 0:
       os.remove(jsonl)  # the log of an attempt that never reached a checkpoint
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "run.json"), "w") as f:
+    with open(os.path.join(log_dir(cfg, workdir), "run.json"), "w") as f:
       json.dump({**train_config.describe(cfg), "mesh": dict(mesh.shape),
                  "init_from": init_from, "devices": jax.device_count(),
                  "processes": jax.process_count()}, f, indent=2, default=str)
@@ -198,13 +218,13 @@ def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step:
 
 
 def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step: TrainStep,
-           iterator, state: dict, shapes: dict, max_steps: int | None,
-           preemption: _Preemption) -> RunResult:
+           iterator, state: dict, max_steps: int | None, preemption: _Preemption) -> RunResult:
   t = cfg.train
-  jsonl = os.path.join(workdir, METRICS_FILE)
+  logs = log_dir(cfg, workdir)
+  jsonl = os.path.join(logs, METRICS_FILE)
   start = int(state["step"])
   reporter = metrics.Reporter(
-      jsonl, os.path.join(workdir, "tensorboard") if cfg.log.tensorboard else None,
+      jsonl, os.path.join(logs, "tensorboard") if cfg.log.tensorboard else None,
       total_steps=t.steps, every=cfg.log.every_steps, tokens_per_step=t.batch_size * t.positions,
       flops_per_step=metrics.train_flops(setup.model, setup.loss, t.batch_size, t.positions),
       peak=metrics.peak_flops(cfg.log.chip), n_chips=jax.device_count(), start_step=start)
@@ -215,7 +235,7 @@ def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step:
   reason, step, saved_step = "finished", start, ckpt.latest_step()
   try:
     while step < end:
-      batch = data.to_global(next(iterator), train_step.batch_shardings, shapes)
+      batch = next(iterator)
       began = time.perf_counter()
       state, step_metrics = train_step.fn(state, batch)
       step_metrics = jax.device_get(step_metrics)
@@ -231,25 +251,39 @@ def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step:
       if preemption.agreed():
         reason = "preempted"
         break
-      if ckpt.save(step, split_state(state), iterator):
+      if ckpt.save(step, split_state(state), iterator.grain):
         saved_step = step
-        _plot(workdir)
+        _plot(logs)
     if saved_step != step and (reason != "finished" or step == t.steps):
-      ckpt.save(step, split_state(state), iterator, force=True)
+      ckpt.save(step, split_state(state), iterator.grain, force=True)
       saved_step = step
     ckpt.wait()
   finally:
     reporter.close()
-  _plot(workdir)
+  _plot(logs)
   logging.info("%s at step %d; latest checkpoint: %s", reason, step, saved_step)
   if reason == "non_finite":
     raise NonFiniteError(f"stopped after {t.max_bad_steps} non-finite steps in a row at step "
                          f"{step}; checkpoint {saved_step} in {ckpt.directory} holds the last "
                          f"good params (skipped updates leave them unchanged)")
-  return RunResult(reason, step, saved_step, state)
+  return RunResult(reason, step, saved_step, state, setup)
 
 
-def _plot(workdir: str) -> None:
-  jsonl = os.path.join(workdir, METRICS_FILE)
+def _plot(logs: str) -> None:
+  jsonl = os.path.join(logs, METRICS_FILE)
   if jax.process_index() == 0 and os.path.exists(jsonl):
-    metrics.plot_losses(jsonl, os.path.join(workdir, "loss_curve.png"))
+    metrics.plot_losses(jsonl, os.path.join(logs, "loss_curve.png"))
+
+
+def export(state: dict, setup: TrainSetup, out_dir: str, dtype: str = "float32",
+           tokenizer_dir: str | None = None) -> list[str]:
+  """Writes the state's params as an official MiMo-Audio checkpoint (safetensors, config.json),
+  with LoRA adapters merged into their kernels."""
+  params = state["params"]
+  if "lora" in state:
+    params = jax.jit(lora.merge, static_argnums=(2, 3))(params, state["lora"],
+                                                        setup.opt.lora_rank, setup.opt.lora_alpha)
+  params = multihost_utils.process_allgather(params, tiled=True)  # every process takes part
+  if jax.process_index() != 0:
+    return []
+  return export_checkpoint(params, setup.model, out_dir, dtype=dtype, tokenizer_dir=tokenizer_dir)

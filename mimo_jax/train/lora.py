@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from mimo_jax.config import ConfigError
@@ -59,8 +58,3 @@ def merge(params: dict, adapters: dict, rank: int, alpha: float) -> dict:
       merged = (kernel_lde.astype(jnp.float32) + scale * delta_lde).astype(kernel_lde.dtype)
       layers[block][name] = {**layers[block][name], "kernel": merged}
   return {**params, "model": {**params["model"], "layers": layers}}
-
-
-def merge_jit(params: dict, adapters: dict, rank: int, alpha: float) -> dict:
-  """`merge` in one jitted call, keeping each kernel's sharding (for export after training)."""
-  return jax.jit(merge, static_argnums=(2, 3))(params, adapters, rank, alpha)

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mimo_jax import sharding
 from mimo_jax.config import ConfigError
+from mimo_jax.data import pipeline
 from mimo_jax.lm import loss as lm_loss
 from mimo_jax.train import lora, optimizer
 from mimo_jax.train.state import TrainSetup, abstract_state, state_shardings
@@ -46,12 +47,6 @@ def batch_shapes(setup: TrainSetup, batch_size: int, positions: int) -> dict[str
   return {"input_ids": (batch_size, 1 + cfg.audio_channels, cfg.group_size * positions),
           "segment_ids": (batch_size, positions), "positions": (batch_size, positions),
           "loss_mask": (batch_size, positions)}
-
-
-def batch_shardings(mesh: Mesh, shapes: dict[str, tuple]) -> dict[str, NamedSharding]:
-  """Rows over the data-parallel axes (`batch` rule), everything else replicated."""
-  return {k: NamedSharding(mesh, sharding.logical_to_spec(("batch",) + (None,) * (len(s) - 1)))
-          for k, s in shapes.items()}
 
 
 def _model_params(setup: TrainSetup, trainable: dict, frozen_params: dict) -> dict:
@@ -100,7 +95,7 @@ def train_step(setup: TrainSetup, tx: optax.GradientTransformation, empty_id: in
                state: dict, batch: dict) -> tuple[dict, dict]:
   trainable = setup.trainable(state)
   total, metrics, grads = loss_and_grads(setup, trainable, state["params"], batch, empty_id)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
 
   def apply(_):
@@ -123,24 +118,28 @@ def train_step(setup: TrainSetup, tx: optax.GradientTransformation, empty_id: in
   lrs = {f"lr_{group}": sched(applied)
          for group, sched in optimizer.schedules(setup.opt).items()}
   metrics = {**metrics, **lrs, "grad_norm": grad_norm, "finite": finite,
-             "param_norm": optax.global_norm(new_state["params"])}
+             "param_norm": optax.tree.norm(new_state["params"])}
   return new_state, metrics
+
+
+def check_batch(batch_size: int, grad_accum_steps: int, mesh: Mesh) -> None:
+  """Every micro-batch must split evenly over the mesh's data-parallel shards."""
+  n_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if (batch_size // grad_accum_steps) % n_shards:
+    micro = f" / {grad_accum_steps} micro-batches" if grad_accum_steps > 1 else ""
+    raise ConfigError(f"config.train.batch_size: {batch_size} sequences{micro} do not divide "
+                      f"over the mesh's {n_shards} data-parallel shards (data x fsdp of "
+                      f"{dict(mesh.shape)})")
 
 
 def make_train_step(setup: TrainSetup, mesh: Mesh, batch_size: int, positions: int,
                     empty_id: int) -> TrainStep:
   """The jitted step with its shardings and abstract inputs; nothing is allocated or compiled."""
-  n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  rows = batch_size // setup.grad_accum_steps
-  if rows % n_batch_shards:
-    raise ConfigError(f"config.train.batch_size: {batch_size} sequences"
-                     f"{f' / {setup.grad_accum_steps} micro-batches' if setup.grad_accum_steps > 1 else ''}"
-                     f" do not divide over the mesh's {n_batch_shards} data-parallel shards "
-                     f"(data x fsdp of {dict(mesh.shape)})")
+  check_batch(batch_size, setup.grad_accum_steps, mesh)
   tx = setup.tx()
   shardings = state_shardings(setup, mesh)
   shapes = batch_shapes(setup, batch_size, positions)
-  b_shardings = batch_shardings(mesh, shapes)
+  b_shardings = pipeline.batch_shardings(mesh)
   replicated = NamedSharding(mesh, PartitionSpec())
 
   def step(state, batch):

@@ -120,7 +120,7 @@ def test_update_is_adamw_with_global_clipping_and_group_learning_rates():
   params = jax.tree.map(lambda s: jax.random.normal(next(keys), s.shape), specs, is_leaf=is_spec)
   grads = jax.tree.map(lambda p: 3.0 * jax.random.normal(next(keys), p.shape), params)
   tx = optimizer.make(opt, specs)
-  updates, _ = tx.update(grads, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
 
   clipped, _ = optax.clip_by_global_norm(opt.clip_norm).update(grads, optax.EmptyState())
   for top, group in (("model", "llm"), ("local_transformer", "patch_decoder")):
@@ -128,7 +128,7 @@ def test_update_is_adamw_with_global_clipping_and_group_learning_rates():
     ref_tx = optax.adamw(opt.lr(group), b1=opt.b1, b2=opt.b2, eps=opt.eps,
                          weight_decay=opt.weight_decay, mask=mask)
     p, g = params["params"][top], clipped["params"][top]
-    ref, _ = ref_tx.update(g, ref_tx.init(p), p)
+    ref, _ = jax.jit(ref_tx.update)(g, ref_tx.init(p), p)
     for k in p:
       np.testing.assert_allclose(updates["params"][top][k], ref[k], atol=1e-7, rtol=1e-6)
 
@@ -137,9 +137,11 @@ def test_lora_merge():
   cfg = tiny_config()
   cfg.train.lora.rank = 2
   setup = TrainSetup.from_config(cfg)
-  from mimo_jax.nn.params import init_params
-  params = init_params(setup.model_specs, jax.random.key(0))
-  adapters = init_params(setup.lora_specs, jax.random.key(1))
+  rng = np.random.default_rng(0)
+  draw = lambda spec: (np.zeros(spec.shape, np.float32) if spec.init == "zeros" else
+                       rng.normal(0, 0.02, spec.shape).astype(np.float32))
+  params = jax.tree.map(draw, setup.model_specs, is_leaf=is_spec)
+  adapters = jax.tree.map(draw, setup.lora_specs, is_leaf=is_spec)
   same = lora.merge(params, adapters, 2, 16.0)  # B starts at zero: the base model exactly
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same)):
     np.testing.assert_array_equal(a, b)
@@ -187,6 +189,45 @@ def test_unknown_config_file_is_named():
 
 def test_local_rows_of_a_batch_sharding():
   mesh = sharding.make_mesh("data:1,fsdp:4,tensor:2")
-  from mimo_jax.train import data, step
-  shardings = step.batch_shardings(mesh, {"input_ids": (8, 9, 16)})
+  from mimo_jax.data import pipeline
+  from mimo_jax.train import data
+  shardings = pipeline.batch_shardings(mesh)
   assert data.local_rows(shardings["input_ids"], (8, 9, 16)) == (0, 8)  # one process: all rows
+
+
+def test_shards_source_gives_the_step_its_batches_and_empty_id(tmp_path):
+  """`data.source: shards` is the data pipeline over pre-tokenised shards, with the tokenizer's
+  `<|empty|>` id."""
+  from mimo_jax.data import pretokenize
+  from mimo_jax.data.tokenizer import TextTokenizer
+  from mimo_jax.train import data
+  words = "the quick brown fox jumps over a lazy dog".split()
+  tokenizer = TextTokenizer.train([" ".join(words)] * 4, vocab_size=320)
+  tokenizer.save(str(tmp_path / "tokenizer"))
+  rng = np.random.default_rng(0)
+  records = []
+  for i in range(24):
+    codes = np.stack([rng.integers(0, 1024 if c < 2 else 128, 20) for c in range(8)], 1)
+    text = " ".join(rng.choice(words, 4))
+    records.append(pretokenize.serialize({
+        "key": str(i), "audio": f"{i}.wav", "text": text, "speaker": "s", "language": "en",
+        "task": "", "seconds": 0.8, "codes": codes.astype(np.uint16),
+        "text_ids": tokenizer.encode(text, special=False)}))
+  pretokenize.write_shard(tmp_path / pretokenize.shard_name(0, 1), records)
+  cfg = tiny_config(phase="generation", batch_size=8, positions=48)
+  cfg.data.source, cfg.data.path = "shards", str(tmp_path)
+  cfg.data.tokenizer = str(tmp_path / "tokenizer")
+  mesh = sharding.make_mesh("data:1,fsdp:8,tensor:1")
+  setup = TrainSetup.from_config(cfg)
+  source = data.make_source(cfg, setup.model, mesh)
+  assert source.empty_id == tokenizer.special_tokens.empty
+  batch = next(source.iterator)
+  from mimo_jax.train.step import batch_shapes
+  shapes = batch_shapes(setup, 8, 48)
+  assert {k: v.shape for k, v in batch.items()} == shapes
+  assert batch["input_ids"].sharding.spec == sharding.logical_to_spec(("batch", None, None))
+  assert np.any(np.asarray(batch["input_ids"])[:, 0] == source.empty_id)  # audio positions
+
+  cfg.data.path = str(tmp_path / "empty")
+  with pytest.raises(ConfigError, match=r"config\.data\.path: no pre-tokenised shards"):
+    data.make_source(cfg, setup.model, mesh)
