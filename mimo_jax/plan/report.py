@@ -135,7 +135,7 @@ def plan_step(spec: StepSpec, topo: Topology, mesh: jax.sharding.Mesh, mfu: floa
 
 
 def _gib(n: float) -> str:
-  return f"{n / GIB:.2f} GiB"
+  return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
 def to_markdown(report: dict) -> str:
@@ -167,7 +167,7 @@ def to_markdown(report: dict) -> str:
       "", "| FLOPs per step | |", "|---|---|",
       f"| jaxpr, as compiled (with rematerialisation) | {fl['jaxpr_flops']:.4g} |",
       f"| jaxpr, model (no rematerialisation) | {fl['jaxpr_model_flops']:.4g} |",
-      f"| analytic (6·N·tokens + attention) | {fl['analytic_flops']:.4g} |",
+      f"| analytic (matmul weights x tokens + attention) | {fl['analytic_flops']:.4g} |",
       f"| model / analytic | {fl['jaxpr_model_over_analytic']:.4f} |",
       "", f"At MFU {sp['mfu']:.0%}: **{sp['step_s']:.2f} s per step, "
       f"{sp['tokens_per_s_per_chip']:,.0f} tokens/s/chip**.", "",
@@ -176,7 +176,9 @@ def to_markdown(report: dict) -> str:
   ]
   if report.get("host"):
     lines.append(f"Host: {report['host']}.")
-  lines += [f"- {note}" for note in report["notes"]]
+  if report.get("command"):
+    lines += ["", f"`{report['command']}`"]
+  lines += [""] + [f"- {note}" for note in report["notes"]]
   return "\n".join(lines) + "\n"
 
 

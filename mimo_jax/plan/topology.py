@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh
 
 from mimo_jax import sharding
+from mimo_jax.train import metrics
 
 # libtpu takes an exclusive host-wide lock (/tmp/libtpu_lockfile) when it loads, so with another
 # JAX process on the host holding it, topologies cannot be described. Compiling for abstract
@@ -35,21 +36,26 @@ class Chip:
   """Per-chip facts of one TPU generation (public Cloud TPU system-architecture pages)."""
 
   generation: str
+  device_kind: str  # jax's device_kind of its devices
   hbm_bytes: float  # HBM that XLA lets one device use (its own RESOURCE_EXHAUSTED limit)
-  peak_bf16_flops: float  # dense bf16 FLOP/s of the chip
   cores_per_chip: int  # TensorCores counted by the product name
   grid_rank: int  # 3 for the 3D-torus generations, 2 for the 2D ones
   chip_config_name: str | None  # libtpu's name for how cores form a device
+
+  @property
+  def peak_bf16_flops(self) -> float:
+    """Dense bf16 FLOP/s of the chip: the training job's MFU table, so plans and runs agree."""
+    return metrics.peak_flops(self.device_kind)
 
 GIB = 2.0**30
 
 # HBM figures are the per-device capacities libtpu reports when a compile runs out of memory
 # (slightly below the marketing 32/16/95/32 GiB: the runtime keeps a reserve).
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", 30.75 * GIB, 275e12, 2, 3, "megacore"),
-    "v5e": Chip("v5e", 15.75 * GIB, 197e12, 1, 2, None),
-    "v5p": Chip("v5p", 95.74 * GIB, 459e12, 2, 3, None),
-    "v6e": Chip("v6e", 31.25 * GIB, 918e12, 1, 2, None),
+    "v4": Chip("v4", "TPU v4", 30.75 * GIB, 2, 3, "megacore"),
+    "v5e": Chip("v5e", "TPU v5 lite", 15.75 * GIB, 1, 2, None),
+    "v5p": Chip("v5p", "TPU v5", 95.74 * GIB, 2, 3, None),
+    "v6e": Chip("v6e", "TPU v6 lite", 31.25 * GIB, 1, 2, None),
 }
 _SLICE_NAME = re.compile(r"^(v4|v5e|v5p|v6e)-(\d+)$")
 _GRID_NAME = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")

@@ -1,0 +1,42 @@
+"""MiMo-Audio 7B pre-training on v5e-256: 256 v5e chips (15.75 GiB HBM each).
+
+The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in
+64 micro-batches: FSDP over 32 groups of 8 chips, each group splitting attention heads, FFN and vocabulary 8
+ways (tensor): 2048 / 64 = 32 sequences per micro-batch, one per group. A v5e chip has 15.75 GiB:
+without tensor sharding one sequence's [32 heads, 8192, 8192] attention scores alone would
+not fit. bf16 compute over fp32 master weights and Adam moments, each
+decoder layer rematerialised, the text cross-entropy over the 151,680-entry vocabulary in chunks
+of 1024 positions. The planner's report for both phases is in
+experiments/results/plan_7b_v5e_256_*.md:
+
+  python -m mimo_jax.plan --config=experiments/configs/7b_v5e_256.py --topology=v5e-256 \
+      --phase=understanding   # or generation
+
+Phase 1 (understanding) by default; phase 2: --config.train.phase=generation
+--config.train.steps=298000 --config.data.path=gs://BUCKET/shards/phase2 (spec §5.1: 2.6T and
+5T tokens). Launch on every worker with tpu_setup/tpu.sh run (see tpu_setup/README.md).
+"""
+
+from mimo_jax.train.config import defaults
+
+
+def get_config():
+  cfg = defaults()
+  cfg.model.preset = "7b"
+  cfg.model.dtype = "bfloat16"
+  cfg.model.param_dtype = "float32"
+  cfg.model.remat_policy = "full"
+  cfg.train.phase = "understanding"
+  cfg.train.steps = 155_000  # 2.6T tokens / 16.8M per step
+  cfg.train.batch_size = 2048
+  cfg.train.positions = 8192
+  cfg.train.grad_accum_steps = 64
+  cfg.loss.text_chunk_size = 1024
+  cfg.data.source = "shards"
+  cfg.data.path = "gs://BUCKET/shards/phase1"
+  cfg.data.empty_id = 151667  # <|empty|> of the MiMo tokenizer (spec §2.1)
+  cfg.checkpoint.every_steps = 500
+  cfg.checkpoint.keep = 3
+  cfg.log.every_steps = 10
+  cfg.mesh = "data:1,fsdp:32,tensor:8"
+  return cfg
