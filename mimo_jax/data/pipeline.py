@@ -89,14 +89,18 @@ def make_dataset(shard_paths: Sources, example_fn: ExampleFn, packer: packing.Pa
                  batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
                  num_epochs: int | None = None, shuffle: bool = True,
                  pack_window_sequences: int = 8, worker_count: int = 0,
-                 worker_buffer_size: int = 2) -> grain.IterDataset:
+                 worker_buffer_size: int = 2,
+                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """This host's stream of packed batches: dicts of numpy arrays with a leading `batch_size`
   axis (`input_ids` [b, 1 + C, G * P], `segment_ids` / `positions` / `loss_mask` [b, P]).
 
   `shard_paths`: the shard files of one corpus, or {name: (shard files, weight)} to mix several
   (each repeats forever; the mixture draws records in proportion to the weights).
   `num_epochs=None` repeats forever (training); a finite count ends the stream, and the last
-  incomplete batch is dropped.
+  incomplete batch is dropped. `read_options`: Grain's record-prefetching threads; by default
+  none for local shards (Python templating holds the GIL, so threads only add overhead: several
+  times the throughput on this CPU, experiments/results/data_pipeline.md) and Grain's default
+  (16 threads) when any shard is remote, where they hide the read latency.
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
@@ -115,12 +119,20 @@ def make_dataset(shard_paths: Sources, example_fn: ExampleFn, packer: packing.Pa
   else:
     ds = _host_records(shard_paths, seed, process_index, process_count, shuffle, num_epochs)
   ds = ds.map_with_index(_Examples(example_fn))
-  it = packing.PackIterDataset(ds.to_iter_dataset(), packer, pack_window_sequences)
+  if read_options is None and not any("://" in str(p) for p in _all_paths(shard_paths)):
+    read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  it = packing.PackIterDataset(ds.to_iter_dataset(read_options), packer, pack_window_sequences)
   it = it.batch(batch_size, drop_remainder=True)
   if worker_count > 0:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
   return it
+
+
+def _all_paths(shard_paths: Sources) -> list[str]:
+  if isinstance(shard_paths, Mapping):
+    return [p for paths, _ in shard_paths.values() for p in paths]
+  return list(shard_paths)
 
 
 def _derived_seed(seed: int, i: int) -> int:
@@ -169,6 +181,7 @@ def make_train_iterator(shard_paths: Sources, fmt: templates.Formatter, phase: s
                         seq_positions: int, global_batch: int, seed: int, mesh: Mesh, *,
                         split_long: bool = False, num_epochs: int | None = None,
                         pack_window_sequences: int = 8, worker_count: int = 0,
+                        read_options: grain.ReadOptions | None = None,
                         example_fn: ExampleFn | None = None) -> TrainIterator:
   """The training iterator: global batches of `global_batch` packed sequences of
   `seq_positions` positions built with the phase's task mixture (or `example_fn`), sharded over
@@ -182,5 +195,6 @@ def make_train_iterator(shard_paths: Sources, fmt: templates.Formatter, phase: s
                          batch_size=global_batch // count, seed=seed,
                          process_index=jax.process_index(), process_count=count,
                          num_epochs=num_epochs,
-                         pack_window_sequences=pack_window_sequences, worker_count=worker_count)
+                         pack_window_sequences=pack_window_sequences, worker_count=worker_count,
+                         read_options=read_options)
   return TrainIterator(dataset, batch_shardings(mesh))
