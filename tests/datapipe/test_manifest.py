@@ -126,6 +126,10 @@ def test_every_bad_clip_kind_is_refused_with_its_reason(tmp_path, codec_cfg):
   with pytest.raises(AudioError) as info:
     audio.load_clip(_write(tmp_path / "inf.wav", inf), codec_cfg, limits)
   assert info.value.reason == "non_finite"
+  # Without a header length (remote files), the decoded length decides.
+  with pytest.raises(AudioError) as info:
+    audio.check_clip(_tone(2.5), SR, codec_cfg, limits, "remote.wav")
+  assert info.value.reason == "too_long"
   # Below the codec's own minimum (481 samples) is "too_short" too, whatever the limits.
   with pytest.raises(AudioError) as info:
     audio.check_clip(_tone(0.01), SR, codec_cfg, audio.AudioLimits(min_seconds=0.0), "tiny")
