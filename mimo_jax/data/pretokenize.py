@@ -1,7 +1,7 @@
 """Pre-tokenisation: utterance records -> ArrayRecord shards of codec codes and text token ids.
 
-Audio is tokenised once and training reads the shards (spec §5.1: at scale the codec cannot run
-inside the training input pipeline). The work is cut into shards of `records_per_shard`
+Audio is tokenised once and training reads the shards (at MiMo-Audio's scale, 100M+ hours, the
+codec cannot run inside the training input pipeline). The work is cut into shards of `records_per_shard`
 consecutive source records; shard k belongs to host k % process_count, so every host of a pod runs
 the same command and takes its share with no coordination.
 
