@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
+import soundfile
 
 from mimo_jax import inference
 from mimo_jax.codec import api as codec_api
@@ -16,7 +17,7 @@ from mimo_jax.data import templates
 from mimo_jax.lm import model
 from mimo_jax.lm.sampling import GREEDY, SamplerConfig
 from mimo_jax.train.checkpoint import Checkpointer
-from tests.codec.common import official_io
+from tests.codec.common import CLIP, official_io
 
 EOS, IM_END, EOSTM, EMPTY = 400, 402, 416, 412  # the fixture tokenizer's ids
 
@@ -67,9 +68,10 @@ def test_each_task_uses_its_template_preset_and_stop_set(mimo):
 
 def test_asr_returns_the_text_channel(mimo):
   """Random weights say nothing meaningful; the answer is the decoded text channel of the
-  greedy generation (less the stop token and stream markers)."""
-  text = mimo.asr(_wav_24k(), 24000, max_new=6)
-  answer = mimo.generate([templates.asr_sft(mimo.fmt, mimo.encode_audio(_wav_24k(), 24000))],
+  greedy generation (less the stop token and stream markers). clip.wav is 16 kHz: resampled."""
+  wav, sr = soundfile.read(CLIP, dtype="float32")
+  text = mimo.asr(wav, sr, max_new=6)
+  answer = mimo.generate([templates.asr_sft(mimo.fmt, mimo.encode_audio(wav, sr))],
                          max_new=6)[0]
   assert isinstance(text, str) and text == answer.text
   ids = answer.result.text_ids
