@@ -118,8 +118,8 @@ def defaults() -> ml_collections.ConfigDict:
       },
       "log": {
           "every_steps": 10,
-          # Where metrics.jsonl, TensorBoard events and loss_curve.png go ('' = the workdir; a
-          # gs:// workdir needs a local folder here: the logs are written with local file APIs).
+          # Where metrics.jsonl, TensorBoard events and loss_curve.png go ('' = the workdir, or
+          # for a gs:// workdir a local folder under the temp dir: logs use local file APIs).
           "dir": "",
           # Chip name for the MFU estimate (metrics.PEAK_FLOPS); '' detects it from the device.
           "chip": "",

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -83,21 +84,23 @@ def _check_writable(path: str, name: str) -> None:
 
 
 def log_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
-  return cfg.log.dir or workdir
+  """config.log.dir, else the workdir; a gs:// workdir logs to a local folder named after it
+  (the logs are written with local file APIs; checkpoints go to GCS through Orbax)."""
+  if cfg.log.dir:
+    return cfg.log.dir
+  if workdir.startswith("gs://"):
+    return os.path.join(tempfile.gettempdir(), "mimo_jax_logs", workdir[len("gs://"):])
+  return workdir
 
 
 def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
   """Fails now, naming the flag, if the run could not write its checkpoints and logs."""
-  if workdir.startswith("gs://"):
-    # Checkpoints go through Orbax (GCS permissions show at the first save); logs need a
-    # local folder.
-    if not cfg.log.dir:
-      raise ConfigError(f"--workdir={workdir}: a gs:// workdir needs --config.log.dir (a local "
-                        "folder for metrics.jsonl, TensorBoard and the loss curve)")
-  else:
+  if not workdir.startswith("gs://"):  # GCS permissions show at the first checkpoint save
     _check_writable(workdir, "--workdir")
-  if cfg.log.dir:
-    _check_writable(cfg.log.dir, "--config.log.dir")
+  logs = log_dir(cfg, workdir)
+  if logs != workdir:
+    _check_writable(logs, "--config.log.dir")
+    logging.info("logs (metrics.jsonl, TensorBoard, loss curve) go to %s", logs)
 
 
 def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:

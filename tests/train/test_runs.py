@@ -42,7 +42,7 @@ class Runner:
 
   def __init__(self, tmp: str):
     self.tmp = tmp
-    self.cache = os.path.join(tmp, "jax_cache")
+    self.cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(tmp, "jax_cache")
 
   def env(self, devices: int) -> dict:
     env = dict(os.environ)
@@ -66,7 +66,10 @@ class Runner:
 
   def run(self, name: str, *flags: str, **kwargs) -> str:
     proc, log = self.start(name, *flags, **kwargs)
-    rc = proc.wait(TIMEOUT)
+    try:
+      rc = proc.wait(TIMEOUT)
+    finally:
+      proc.kill()  # no stray writer into a workdir another run may reuse
     text = read(log)
     assert rc == 0, f"{name} failed ({rc}):\n{text[-3000:]}"
     return text
@@ -144,17 +147,22 @@ def test_kill_during_save_sigterm_and_kill9_resume_exactly(runner, baseline):
   workdir = runner.workdir(name)
   # kill -9 while checkpoint 4 is half written: checkpoint 2 stays the latest, 4 is never used.
   proc, log = runner.start(name, *RUN_FLAGS, MESH, module="tests.train.hang_in_save", args=["4"])
-  wait_for(proc, log, "HANGING_IN_SAVE")
-  proc.kill()
+  try:
+    wait_for(proc, log, "HANGING_IN_SAVE")
+  finally:
+    proc.kill()
   proc.wait(TIMEOUT)
   assert glob.glob(os.path.join(workdir, CHECKPOINT_DIR, "4.orbax-checkpoint-tmp*"))
   assert latest_step(workdir) == 2
 
   # SIGTERM as soon as the restarted run is training: it saves after one step and exits 0.
   proc, log = runner.start(name, *RUN_FLAGS, MESH)
-  wait_for(proc, log, "from step 2 to 8")
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(TIMEOUT) == 0, read(log)[-3000:]
+  try:
+    wait_for(proc, log, "from step 2 to 8")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0, read(log)[-3000:]
+  finally:
+    proc.kill()
   assert "preempted at step 3" in read(log)
   assert latest_step(workdir) == 3
   assert not glob.glob(os.path.join(workdir, CHECKPOINT_DIR, "*tmp*"))  # cleaned on restart
@@ -217,7 +225,9 @@ def test_phase_1_then_phase_2(runner, baseline, mesh8):
   phase1 = losses(runner.workdir("phase1"))
   assert phase1[STEPS] < phase1[1] - 0.2, phase1
   setup = tiny_setup("understanding")
-  initial = init_params(setup.model_specs, jax.random.split(jax.random.key(0))[0])
+  # The run's initial params (state.init_state draws them from the first half of key(seed)).
+  initial = jax.jit(lambda k: init_params(setup.model_specs, jax.random.split(k)[0]))(
+      jax.random.key(0))
   after1 = final_params(runner.workdir("phase1"), mesh8)
   before, trained = by_group(jax.tree.map(np.asarray, initial)), by_group(after1)
   for a, b in zip(before["patch_decoder"], trained["patch_decoder"]):
@@ -238,5 +248,8 @@ def test_phase_1_then_phase_2(runner, baseline, mesh8):
 
 def test_unknown_config_file_fails_at_start(runner):
   proc, log = runner.start("bad_config", "--config=experiments/configs/no_such_config.py")
-  assert proc.wait(TIMEOUT) == 2
+  try:
+    assert proc.wait(TIMEOUT) == 2
+  finally:
+    proc.kill()
   assert "error: --config=experiments/configs/no_such_config.py: no such file" in read(log)
