@@ -53,8 +53,8 @@ def test_create_queued_multislice_v5e():
 
 
 def test_names_from_environment():
-  result = tpu("create", "--dry-run", env={"TPU_PROJECT": "env-project", "TPU_ZONE": "us-central2-b",
-                                           "TPU_NAME": "v4-run", "TPU_TYPE": "v4-128"})
+  result = tpu("create", "--dry-run", env={"TPU_PROJECT": "env-project", "TPU_NAME": "v4-run",
+                                           "TPU_ZONE": "us-central2-b", "TPU_TYPE": "v4-128"})
   assert result.returncode == 0, result.stderr
   assert result.stdout.splitlines() == [
       "gcloud compute tpus tpu-vm create v4-run --project=env-project --zone=us-central2-b "

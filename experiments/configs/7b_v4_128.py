@@ -1,12 +1,12 @@
 """MiMo-Audio 7B pre-training on v4-128: 64 v4 chips (megacore, 30.75 GiB HBM each).
 
-The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in
-64 micro-batches: FSDP over 32 pairs of chips, each pair splitting attention heads, FFN and vocabulary 2 ways
-(tensor): 2048 / 64 = 32 sequences per micro-batch, one per pair, which leaves room for the
-patch decoder's activations in phase 2 within a v4 chip's 30.75 GiB. bf16 compute over fp32 master weights and Adam moments, each
-decoder layer rematerialised, the text cross-entropy over the 151,680-entry vocabulary in chunks
-of 1024 positions. The planner's report for both phases is in
-experiments/results/plan_7b_v4_128_*.md:
+The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in 64
+micro-batches: FSDP over 32 pairs of chips, each pair splitting attention heads, FFN and
+vocabulary 2 ways (tensor): 2048 / 64 = 32 sequences per micro-batch, one per pair, which leaves
+room for the patch decoder's activations in phase 2 within a v4 chip's 30.75 GiB. bf16 compute
+over fp32 master weights and Adam moments, each decoder layer rematerialised, the text
+cross-entropy over the 151,680-entry vocabulary in chunks of 1024 positions. The planner's report
+for both phases is in experiments/results/plan_7b_v4_128_*.md:
 
   python -m mimo_jax.plan --config=experiments/configs/7b_v4_128.py --topology=v4-128 \
       --phase=understanding   # or generation

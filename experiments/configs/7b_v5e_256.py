@@ -1,13 +1,12 @@
 """MiMo-Audio 7B pre-training on v5e-256: 256 v5e chips (15.75 GiB HBM each).
 
-The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in
-64 micro-batches: FSDP over 32 groups of 8 chips, each group splitting attention heads, FFN and vocabulary 8
-ways (tensor): 2048 / 64 = 32 sequences per micro-batch, one per group. A v5e chip has 15.75 GiB:
-without tensor sharding one sequence's [32 heads, 8192, 8192] attention scores alone would
-not fit. bf16 compute over fp32 master weights and Adam moments, each
-decoder layer rematerialised, the text cross-entropy over the 151,680-entry vocabulary in chunks
-of 1024 positions. The planner's report for both phases is in
-experiments/results/plan_7b_v5e_256_*.md:
+The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in 64
+micro-batches: FSDP over 32 groups of 8 chips, each group splitting attention heads, FFN and
+vocabulary 8 ways (tensor): 2048 / 64 = 32 sequences per micro-batch, one per group. A v5e chip
+has 15.75 GiB: without tensor sharding one sequence's [32 heads, 8192, 8192] attention scores
+alone would not fit. bf16 compute over fp32 master weights and Adam moments, each decoder layer
+rematerialised, the text cross-entropy over the 151,680-entry vocabulary in chunks of 1024
+positions. The planner's report for both phases is in experiments/results/plan_7b_v5e_256_*.md:
 
   python -m mimo_jax.plan --config=experiments/configs/7b_v5e_256.py --topology=v5e-256 \
       --phase=understanding   # or generation

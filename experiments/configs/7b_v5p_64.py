@@ -1,11 +1,10 @@
 """MiMo-Audio 7B pre-training on v5p-64: 32 v5p chips (95.74 GiB HBM each).
 
-The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in
-64 micro-batches: pure FSDP over the 32 chips:
-2048 / 64 = 32 sequences per micro-batch, one per chip. bf16 compute over fp32 master weights and Adam moments, each
-decoder layer rematerialised, the text cross-entropy over the 151,680-entry vocabulary in chunks
-of 1024 positions. The planner's report for both phases is in
-experiments/results/plan_7b_v5p_64_*.md:
+The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in 64
+micro-batches: pure FSDP over the 32 chips: 2048 / 64 = 32 sequences per micro-batch, one per
+chip. bf16 compute over fp32 master weights and Adam moments, each decoder layer rematerialised,
+the text cross-entropy over the 151,680-entry vocabulary in chunks of 1024 positions. The
+planner's report for both phases is in experiments/results/plan_7b_v5p_64_*.md:
 
   python -m mimo_jax.plan --config=experiments/configs/7b_v5p_64.py --topology=v5p-64 \
       --phase=understanding   # or generation
