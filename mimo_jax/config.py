@@ -18,8 +18,9 @@ from typing import Any
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 # Self-attention without a KV cache: "xla" materialises the [b, heads, t, t] scores; "splash" is
-# the TPU Pallas flash kernel (memory linear in t; interpret mode off TPU).
-ATTENTION_IMPLS = ("xla", "splash")
+# the TPU Pallas flash kernel (memory linear in t; interpret mode off TPU); "chunked" holds the
+# scores of 512 queries at a time (any backend).
+ATTENTION_IMPLS = ("xla", "splash", "chunked")
 
 # The official model class and HF model type written into config.json.
 _ARCHITECTURE = "MiMoAudioForCausalLM"

@@ -11,7 +11,7 @@ there; empty slots have segment 0, which no real token uses).
 Self-attention without a cache (training, scoring) can also run without materialising the
 [b, n, t, s] scores: `self_attend` dispatches on the implementation named by the config's
 `attention` field ("xla" = `attend` with an explicit mask, "splash" = the TPU Pallas splash
-kernel).
+kernel, "chunked" = `attend` over query chunks, rematerialised: any backend).
 """
 
 from __future__ import annotations
@@ -72,7 +72,38 @@ def self_attend(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, positio
     return attend(q_btnh, k_btkh, v_btkh, mask_btt)
   if impl == "splash":
     return splash_attend(q_btnh, k_btkh, v_btkh, segment_ids_bt, causal=causal)
+  if impl == "chunked":
+    return chunked_attend(q_btnh, k_btkh, v_btkh, positions_bt, segment_ids_bt, causal=causal)
   raise ValueError(f"attention: unknown implementation {impl!r}")
+
+
+# Queries per chunk of "chunked": a 7B row of 8192 keys then holds [32, 512, 8192] fp32 scores
+# (512 MiB) at a time instead of 8 GiB.
+QUERY_CHUNK = 512
+
+
+def chunked_attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
+                   positions_bt: jax.Array, segment_ids_bt: jax.Array, *,
+                   causal: bool) -> jax.Array:
+  """`attend` under the `attention_mask` rule, QUERY_CHUNK queries at a time (lax.map), each
+  chunk rematerialised in the backward pass: the [b, n, t, s] scores are never held whole, and
+  every query still sees its exact softmax over all keys. Any t (the last chunk is padded)."""
+  b, t, n, h = q_btnh.shape
+  chunk = min(QUERY_CHUNK, t)
+  pad = -t % chunk
+
+  def chunks(x_bt_):  # [b, t, ...] -> [t / chunk, b, chunk, ...]
+    x_bt_ = jnp.pad(x_bt_, [(0, 0), (0, pad)] + [(0, 0)] * (x_bt_.ndim - 2))
+    return x_bt_.reshape(b, -1, chunk, *x_bt_.shape[2:]).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_chunk(xs):
+    q_bcnh, q_pos_bc, q_seg_bc = xs
+    mask_bcs = attention_mask(q_pos_bc, positions_bt, q_seg_bc, segment_ids_bt, causal=causal)
+    return attend(q_bcnh, k_bskh, v_bskh, mask_bcs)
+
+  o_xbcnh = jax.lax.map(one_chunk, (chunks(q_btnh), chunks(positions_bt), chunks(segment_ids_bt)))
+  return o_xbcnh.swapaxes(0, 1).reshape(b, -1, n, h)[:, :t]
 
 
 # Kernel tiles, largest first: 512 is the splash default the MaxText v5e/v5p recipes use; the

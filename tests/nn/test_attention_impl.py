@@ -1,6 +1,7 @@
 """The memory-efficient attention implementations against the explicit-mask XLA path.
 
-Splash runs in Pallas interpret mode here (no TPU); its TPU compile is shown by
+Chunked runs with small query chunks (QUERY_CHUNK patched) so that several chunks, the last one
+padded, take part. Splash runs in Pallas interpret mode here (no TPU); its TPU compile is shown by
 experiments/bench/attention_tpu_aot.py.
 """
 
@@ -14,6 +15,7 @@ import pytest
 from mimo_jax import config as config_lib
 from mimo_jax import sharding
 from mimo_jax.config import StackConfig
+from mimo_jax.nn import attention
 from mimo_jax.nn.attention import self_attend
 from mimo_jax.nn.stack import stack_forward, stack_param_specs
 from tests.helpers import random_params
@@ -64,15 +66,18 @@ def stack_grads():
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x_btd)
 
-  return {impl: run(impl) for impl in ("xla", "splash")}
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(attention, "QUERY_CHUNK", 160)  # 384 queries: chunks of 160, 160, 64 + padding
+    return {impl: run(impl) for impl in ("xla", "splash", "chunked")}
 
 
-def test_splash_stack_matches_xla_values_and_gradients(stack_grads):
-  (loss_xla, grads_xla), (loss_splash, grads_splash) = stack_grads["xla"], stack_grads["splash"]
-  np.testing.assert_allclose(float(loss_splash), float(loss_xla), rtol=1e-4)
-  flat_xla, flat_splash = jax.tree.leaves(grads_xla), jax.tree.leaves(grads_splash)
-  assert len(flat_xla) == len(flat_splash) > 0
-  for ref, ours in zip(flat_xla, flat_splash):
+@pytest.mark.parametrize("impl", ["splash", "chunked"])
+def test_stack_matches_xla_values_and_gradients(stack_grads, impl):
+  (loss_xla, grads_xla), (loss_ours, grads_ours) = stack_grads["xla"], stack_grads[impl]
+  np.testing.assert_allclose(float(loss_ours), float(loss_xla), rtol=1e-4)
+  flat_xla, flat_ours = jax.tree.leaves(grads_xla), jax.tree.leaves(grads_ours)
+  assert len(flat_xla) == len(flat_ours) > 0
+  for ref, ours in zip(flat_xla, flat_ours):
     scale = max(1.0, float(jnp.max(jnp.abs(ref))))
     np.testing.assert_allclose(np.asarray(ours) / scale, np.asarray(ref) / scale, atol=1e-4,
                                rtol=0)
@@ -96,6 +101,26 @@ def test_splash_attend_matches_xla(causal):
       q, k, v, positions, segment_ids, causal=causal, impl=impl))(q, k, v)
                for impl in ("xla", "splash"))
   np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_chunked_attend_matches_xla_values_and_gradients(causal, monkeypatch):
+  monkeypatch.setattr(attention, "QUERY_CHUNK", 64)  # 200 queries: 4 chunks, the last padded
+  q, k, v = _qkv(2, 200, 4, 2, 16, seed=4)
+  segment_ids, positions = (jnp.asarray(a) for a in _packed_rows(2, 384))
+  segment_ids, positions = segment_ids[:, 184:], positions[:, 184:]  # mid-sequence to padding
+  w_btnh = jnp.asarray(np.random.RandomState(5).randn(*q.shape), jnp.float32)
+
+  def run(impl):
+    def loss(q, k, v):
+      o_btnh = self_attend(q, k, v, positions, segment_ids, causal=causal, impl=impl)
+      return jnp.sum(o_btnh * w_btnh), o_btnh
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+
+  (grads_ref, out_ref), (grads_ours, out_ours) = run("xla"), run("chunked")
+  np.testing.assert_allclose(np.asarray(out_ours), np.asarray(out_ref), atol=1e-5, rtol=0)
+  for ref, ours in zip(grads_ref, grads_ours):
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-5, rtol=0)
 
 
 def test_splash_sharded_over_batch_and_heads_matches_xla():
