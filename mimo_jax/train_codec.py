@@ -260,13 +260,18 @@ class RunResult:
   state: dict
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *,
-          stop_after: int | None = None) -> RunResult:
+def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None,
+          devices: list | None = None) -> RunResult:
   """Runs (or resumes) the configured training; `stop_after` ends the call after that step
-  without a final save, as a kill would (tests and benchmarks)."""
+  without a final save, as a kill would (tests and benchmarks); `devices` restricts the mesh to
+  those devices (default: all)."""
   validate(config)
   cfg = codec_from(config)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rows_split = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.data.batch_size % rows_split:
+    raise CodecTrainError(f"config.data.batch_size: {config.data.batch_size} rows do not split "
+                          f"over the {rows_split} data-parallel devices of mesh {config.mesh}")
   os.makedirs(workdir, exist_ok=True)
   codec_config.save_codec_config(cfg, os.path.join(workdir, "codec_config.json"))
   records, skips = usable_records(config.data.manifest, cfg, data_audio.AudioLimits(
@@ -319,8 +324,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       if jax.process_index() == 0:
         with open(jsonl, "a") as f:
           f.write(json.dumps(row) + "\n")
+      if step == start:  # the first step's time is mostly compilation: rates start after it
+        t_start = time.perf_counter()
       if (step + 1) % config.log_every == 0 or step + 1 == end:
-        _log(row, config.steps, start, t_start, writer)
+        _log(row, config.steps, start + 1, t_start, writer)
       ckpt.save(step + 1, {STATE: state}, iterator)
     if stop_after is None or end == config.steps:
       ckpt.save(end, {STATE: state}, iterator, force=ckpt.latest_step() != end)

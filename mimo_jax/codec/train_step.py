@@ -99,7 +99,7 @@ def make_stage1_step(cfg: CodecConfig, ecfg: rvq_train.EmaConfig,
     (_, (quantizer, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt = tx.update(grads, state["opt"], trainable)
     trainable = optax.apply_updates(trainable, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     new_codec = {**codec, **trainable, "quantizer": quantizer}
     return {"step": state["step"] + 1, "codec": new_codec, "opt": opt}, metrics
 
@@ -146,8 +146,8 @@ def make_stage2_step(cfg: CodecConfig, ecfg: rvq_train.EmaConfig,
     (_, metrics), grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(codec["decoder"])
     updates, opt = tx.update(grads, state["opt"], codec["decoder"])
     decoder = optax.apply_updates(codec["decoder"], updates)
-    metrics.update(stats, disc_loss=d_loss, grad_norm=optax.global_norm(grads),
-                   disc_grad_norm=optax.global_norm(d_grads))
+    metrics.update(stats, disc_loss=d_loss, grad_norm=optax.tree.norm(grads),
+                   disc_grad_norm=optax.tree.norm(d_grads))
     new_state = {"step": state["step"] + 1, "codec": {**codec, "decoder": decoder}, "opt": opt,
                  "disc": disc, "sn": sn, "disc_opt": disc_opt}
     return new_state, metrics
