@@ -9,7 +9,8 @@
 Stage 1 trains encoder + decoder with EMA codebooks (`codec.train_step.make_stage1_step`);
 stage 2 freezes encoder + RVQ and trains decoder + vocoder against the discriminators. A fresh
 run starts from `config.init_from`: an official tokenizer folder (config.json +
-model.safetensors), a codec run's workdir (its `export/` folder of final weights), or nothing (random weights; the RVQ is k-means initialised on the first batch).
+model.safetensors), a codec run's workdir (its `export/` folder of final weights), or nothing
+(random weights; the RVQ is k-means initialised on the first batch).
 
 The workdir holds:
   checkpoints/<step>/{state,data}   Orbax: the whole training state (codec, EMA buffers,
@@ -23,7 +24,8 @@ The workdir holds:
 
 Data: a JSONL manifest (`mimo_jax.data.manifest`); random crops of `crop_seconds` from each clip
 (zero-padded with their valid length when shorter), shuffled, repeated, batched by Grain.
-Unusable clips are counted by reason and skipped: up front from the header, and at load time.
+Unusable clips are skipped and counted by reason: up front from the manifest's durations, and at
+load time (`skipped_clips` in the metrics, the reasons in the log).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -108,35 +109,46 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 # --- data --------------------------------------------------------------------------------------
 
-def usable_records(path: str, cfg: codec_config.CodecConfig,
+def usable_records(path: str,
                    limits: data_audio.AudioLimits) -> tuple[list[manifest.Record], manifest.Skips]:
-  """The manifest's records whose audio header is readable and within the limits."""
+  """The manifest's records, less those whose manifest `duration` is outside the limits (clips
+  without a duration are checked when loaded)."""
   skips = manifest.Skips()
   records = []
   for record in manifest.read_manifest(path, skips):
-    seconds = data_audio._header_seconds(record.audio)  # noqa: SLF001 (the shared cheap check)
-    if seconds is None and "://" not in record.audio:
-      skips.add("unreadable", record.audio, "no readable audio header")
-    elif seconds is not None and not limits.min_seconds <= seconds <= limits.max_seconds:
+    seconds = record.duration
+    if seconds is not None and not limits.min_seconds <= seconds <= limits.max_seconds:
       skips.add(data_audio.TOO_SHORT if seconds < limits.min_seconds else data_audio.TOO_LONG,
-                record.audio, f"{seconds:.2f} s")
+                record.audio, f"{seconds:.2f} s in the manifest")
     else:
       records.append(record)
   return records, skips
 
 
-class _LoadCrop(grain.transforms.RandomMap):
-  """Record -> {"wav": [crop] float32, "lengths": int32}, or None if the clip cannot be used."""
+class LoadCrop(grain.transforms.RandomMap):
+  """Record -> {"wav": [crop] float32, "lengths": int32}, or None if the clip cannot be used.
 
-  def __init__(self, cfg: codec_config.CodecConfig, crop: int, limits: data_audio.AudioLimits):
-    self.cfg, self.crop, self.limits = cfg, crop, limits
+  Refused clips are counted by reason in `skips` (the transform runs in this process); if every
+  clip of the manifest in a row fails, the data cannot feed training and CodecTrainError says so.
+  """
+
+  def __init__(self, cfg: codec_config.CodecConfig, crop: int, limits: data_audio.AudioLimits,
+               n_records: int):
+    self.cfg, self.crop, self.limits, self.n_records = cfg, crop, limits, n_records
+    self.skips = manifest.Skips()
+    self._failures_in_a_row = 0
 
   def random_map(self, record: manifest.Record, rng: np.random.Generator):
     try:
       wav = data_audio.load_clip(record.audio, self.cfg, self.limits)
     except AudioError as e:
-      logging.warning("skipping %s (%s): %s", record.audio, e.reason, e)
+      self.skips.add(e.reason, record.audio, str(e))
+      self._failures_in_a_row += 1
+      if self._failures_in_a_row > self.n_records:
+        raise CodecTrainError(f"config.data.manifest: none of its {self.n_records} clips could "
+                              f"be loaded: {dict(self.skips.counts)}") from None
       return None
+    self._failures_in_a_row = 0
     start = int(rng.integers(0, max(len(wav) - self.crop, 0) + 1))
     piece = wav[start:start + self.crop]
     out = np.zeros((self.crop,), np.float32)
@@ -145,7 +157,8 @@ class _LoadCrop(grain.transforms.RandomMap):
 
 
 def make_iterator(config, cfg: codec_config.CodecConfig, records: list[manifest.Record]):
-  """Grain iterator of per-process batches {"wav": [b_local, crop], "lengths": [b_local]}."""
+  """Grain iterator of per-process batches {"wav": [b_local, crop], "lengths": [b_local]} and
+  its loading transform (whose `skips` count the clips refused so far)."""
   n_proc = jax.process_count()
   if config.data.batch_size % n_proc:
     raise CodecTrainError(f"config.data.batch_size: {config.data.batch_size} does not split "
@@ -157,12 +170,13 @@ def make_iterator(config, cfg: codec_config.CodecConfig, records: list[manifest.
                           f"than one codec frame")
   limits = data_audio.AudioLimits(min_seconds=config.data.min_seconds,
                                   max_seconds=config.data.max_seconds)
+  loader = LoadCrop(cfg, crop, limits, len(records))
   dataset = (grain.MapDataset.source(records).seed(config.seed).shuffle().repeat()
              [jax.process_index()::n_proc].to_iter_dataset()
-             .random_map(_LoadCrop(cfg, crop, limits), seed=config.seed)
+             .random_map(loader, seed=config.seed)
              .filter(lambda x: x is not None)
              .batch(config.data.batch_size // n_proc, drop_remainder=True))
-  return iter(dataset)
+  return iter(dataset), loader
 
 
 # --- state -------------------------------------------------------------------------------------
@@ -274,14 +288,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                           f"over the {rows_split} data-parallel devices of mesh {config.mesh}")
   os.makedirs(workdir, exist_ok=True)
   codec_config.save_codec_config(cfg, os.path.join(workdir, "codec_config.json"))
-  records, skips = usable_records(config.data.manifest, cfg, data_audio.AudioLimits(
+  records, skips = usable_records(config.data.manifest, data_audio.AudioLimits(
       min_seconds=config.data.min_seconds, max_seconds=config.data.max_seconds))
   if skips.total:
     logging.warning("manifest %s: skipped %d record(s): %s", config.data.manifest, skips.total,
                     dict(skips.counts))
   if not records:
     raise CodecTrainError(f"config.data.manifest: no usable audio in {config.data.manifest}")
-  iterator = make_iterator(config, cfg, records)
+  iterator, loader = make_iterator(config, cfg, records)
   step_fn, _ = _compiled_step(_config_key(config))
 
   with jax.set_mesh(mesh):
@@ -315,7 +329,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       t0 = time.perf_counter()
       state, metrics = step_fn(state, batch)
       row = flatten_metrics(jax.device_get(metrics))
-      row.update(step=step + 1, step_time_s=time.perf_counter() - t0)
+      row.update(step=step + 1, step_time_s=time.perf_counter() - t0,
+                 skipped_clips=loader.skips.total)  # refused since this process started
       rows.append(row)
       if not np.isfinite(row["loss"]):
         ckpt.wait()
@@ -335,6 +350,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     ckpt.close()
     if writer is not None:
       writer.close()
+  if loader.skips.total:
+    logging.warning("clips refused while loading: %s", loader.skips.to_json())
   if end == config.steps and config.export and jax.process_index() == 0:
     codec_checkpoint.export_codec(jax.device_get(state["codec"]), cfg,
                                   os.path.join(workdir, "export"))

@@ -1,4 +1,4 @@
-"""Codec training losses: multi-scale mel reconstruction (spec §1.6), hinge GAN and feature matching.
+"""Codec training losses (spec §1.6): multi-scale mel reconstruction, hinge GAN, feature matching.
 
 Axis letters: b batch, s samples, t frames, m mel bins.
 

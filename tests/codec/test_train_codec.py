@@ -120,3 +120,32 @@ def test_stage2_keeps_encoder_and_rvq_bit_identical(full_run, manifest, tmp_path
   rows = result.rows
   assert all(np.isfinite([r["loss"], r["disc_loss"], r["adv"], r["fm"]]).all() for r in rows)
   assert all(r["replaced/q0"] == 0 for r in rows)
+
+
+def test_data_skips_unusable_clips_and_pads_short_ones(manifest, tmp_path):
+  """Manifest durations outside the limits are dropped up front; unreadable files are counted at
+  load time; a clip shorter than the crop is zero-padded with its valid length."""
+  folder = os.path.dirname(manifest)
+  with open(manifest) as f:
+    good = [json.loads(line) for line in f][:2]
+  (tmp_path / "broken.wav").write_text("not audio")
+  lines = good + [{"audio": str(tmp_path / "broken.wav"), "text": "x"},
+                  {"audio": os.path.join(folder, good[0]["audio"]), "duration": 0.1}]
+  for line in good:
+    line["audio"] = os.path.join(folder, line["audio"])
+  path = tmp_path / "manifest.jsonl"
+  path.write_text("".join(json.dumps(line) + "\n" for line in lines) + "{not json\n")
+  config = _config(str(path))
+  limits = train_codec.data_audio.AudioLimits(min_seconds=0.3, max_seconds=60.0)
+  records, skips = train_codec.usable_records(str(path), limits)
+  assert len(records) == 3 and skips.counts == {"too_short": 1, "malformed_manifest_line": 1}
+  cfg = train_codec.codec_from(config)
+  crop = 5 * cfg.samples_per_frame * 24  # longer than every clip (~3 s): all get padded
+  loader = train_codec.LoadCrop(cfg, crop, limits, len(records))
+  rng = np.random.default_rng(0)
+  assert loader.random_map(records[2], rng) is None
+  assert dict(loader.skips.counts) == {"unreadable": 1}
+  item = loader.random_map(records[0], rng)
+  n = int(good[0]["duration"] * cfg.sampling_rate)
+  assert item["wav"].shape == (crop,) and abs(int(item["lengths"]) - n) <= 1
+  assert not np.any(item["wav"][item["lengths"]:]) and np.any(item["wav"][:item["lengths"]])
