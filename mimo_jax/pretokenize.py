@@ -35,6 +35,7 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder 
                                  "the MiMo-Audio text tokenizer.")
 _PER_SHARD = flags.DEFINE_integer("records_per_shard", 256, "Source records per shard.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Clips per codec encode call.")
+_LOAD_THREADS = flags.DEFINE_integer("load_threads", 4, "Threads reading and resampling audio.")
 _N_Q = flags.DEFINE_integer("n_q", 8, "RVQ stages to keep.")
 _MAX_TEXT = flags.DEFINE_integer("max_text_tokens", 4096, "Longer transcripts are skipped.")
 _MIN_S = flags.DEFINE_float("min_seconds", 0.5, "Shorter clips are skipped.")
@@ -63,7 +64,8 @@ def run() -> int:
     records = manifest.read_source(_MANIFEST.value, skips)
     pretokenize.run(records, skips, _OUTPUT.value, params, cfg,
                     functools.partial(tokenizer.encode, special=False), settings,
-                    batch_size=_BATCH.value, process_index=index, process_count=count,
+                    batch_size=_BATCH.value, load_threads=_LOAD_THREADS.value,
+                    process_index=index, process_count=count,
                     source=_MANIFEST.value, progress_interval=_PROGRESS.value)
   except (ConfigError, ConversionError, CheckpointPathError, TokenizerError, ValueError,
           OSError) as e:

@@ -1,9 +1,9 @@
 """Pre-tokenisation: utterance records -> ArrayRecord shards of codec codes and text token ids.
 
 Audio is tokenised once and training reads the shards (at MiMo-Audio's scale, 100M+ hours, the
-codec cannot run inside the training input pipeline). The work is cut into shards of `records_per_shard`
-consecutive source records; shard k belongs to host k % process_count, so every host of a pod runs
-the same command and takes its share with no coordination.
+codec cannot run inside the training input pipeline). The work is cut into shards of
+`records_per_shard` consecutive source records; shard k belongs to host k % process_count, so
+every host of a pod runs the same command and takes its share with no coordination.
 
 Resumable: a shard is written to `<name>.partial`, its statistics are saved as `<name>.json`, and
 only then is the shard renamed to its final name, so a final shard file is always complete and a
@@ -21,6 +21,7 @@ text), and the metadata `key`, `audio`, `text`, `speaker`, `language`, `task`,
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -135,27 +136,33 @@ def _check_plan(output: epath.Path, plan: dict) -> None:
 
 def tokenize_shard(records: list[manifest.Record], params, cfg: CodecConfig,
                    encode_text: Callable[[str], np.ndarray], settings: Settings,
-                   batch_size: int, progress: Progress | None = None
+                   batch_size: int, progress: Progress | None = None, load_threads: int = 4
                    ) -> tuple[list[bytes], manifest.Skips, float]:
   """The serialized examples of one shard's records (in record order), the skips, audio seconds.
 
-  Texts are checked first (cheap), then each clip is read and checked, then the valid clips are
-  encoded `batch_size` at a time.
+  Each record's text is checked (cheap), then its clip read and checked, `load_threads` records
+  at a time (decoding and resampling release the GIL); then the valid clips are encoded
+  `batch_size` at a time. Results are taken in record order, so threads change nothing written.
   """
-  skips = manifest.Skips()
-  valid = []
-  for record in records:
+
+  def check(record: manifest.Record):
     text_ids = np.asarray(encode_text(record.text), np.int32)
     if len(text_ids) > settings.max_text_tokens:
-      skips.add(TEXT_TOO_LONG, record.key, f"{record.key}: {len(text_ids)} text tokens > "
-                f"{settings.max_text_tokens}")
-      continue
+      return TEXT_TOO_LONG, (f"{record.key}: {len(text_ids)} text tokens > "
+                             f"{settings.max_text_tokens}")
     try:
-      wav = load_clip(record.audio, cfg, settings.limits)
+      return text_ids, load_clip(record.audio, cfg, settings.limits)
     except AudioError as e:
-      skips.add(e.reason, record.key, f"{record.key}: {e}")
-      continue
-    valid.append((record, text_ids, wav))
+      return e.reason, f"{record.key}: {e}"
+
+  skips = manifest.Skips()
+  valid = []
+  with concurrent.futures.ThreadPoolExecutor(max(1, load_threads)) as pool:
+    for record, (first, second) in zip(records, pool.map(check, records)):
+      if isinstance(first, str):
+        skips.add(first, record.key, second)
+      else:
+        valid.append((record, first, second))
   examples, total_seconds = [], 0.0
   for first in range(0, len(valid), batch_size):
     batch = valid[first:first + batch_size]
@@ -222,8 +229,9 @@ def _write_records(path: str, examples: list[bytes]) -> None:
 
 def run(records: list[manifest.Record], source_skips: manifest.Skips, output: str, params,
         cfg: CodecConfig, encode_text: Callable[[str], np.ndarray], settings: Settings, *,
-        batch_size: int = 8, process_index: int = 0, process_count: int = 1,
-        source: str = "", progress_interval: float = 10.0, out=sys.stdout) -> dict:
+        batch_size: int = 8, load_threads: int = 4, process_index: int = 0,
+        process_count: int = 1, source: str = "", progress_interval: float = 10.0,
+        out=sys.stdout) -> dict:
   """Tokenises this host's shards of `records` into `output`; returns (and saves) the report."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
@@ -247,7 +255,7 @@ def run(records: list[manifest.Record], source_skips: manifest.Skips, output: st
   for k in todo:
     name = shard_name(k, n_shards)
     examples, skips, seconds = tokenize_shard(cut(k), params, cfg, encode_text, settings,
-                                              batch_size, progress)
+                                              batch_size, progress, load_threads)
     _write_json_atomic(out_dir / (name[:-len(SHARD_SUFFIX)] + ".json"),
                        {"shard": name, "records": len(cut(k)), "written": len(examples),
                         "audio_seconds": seconds, "skips": skips.to_json()})
