@@ -1,9 +1,14 @@
-"""The Grain pipeline: deterministic per seed, resumable mid-epoch, disjoint hosts covering the
-epoch, the phase mixture's examples, global batches on 8 fake devices, worker processes."""
+"""The Grain pipeline: deterministic per seed, resumable mid-epoch (also through Orbax), disjoint
+hosts covering the epoch, the phase mixture's examples, corpus mixtures, global batches on 8 fake
+devices and across two real processes, worker processes."""
 
 import functools
 import itertools
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import grain
 import jax
@@ -15,8 +20,10 @@ from mimo_jax import config, sharding
 from mimo_jax.data import packing, pipeline, pretokenize, templates
 from mimo_jax.data.tokenizer import TextTokenizer
 from mimo_jax.lm import layout as L
+from tests.datapipe import multihost_worker as w
 
 P = 96
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N_RECORDS = 40
 WORDS = ("the quick brown fox jumps over a lazy dog while seven tired owls watch from old oak "
          "trees near the river bank at dusk").split()
@@ -203,3 +210,38 @@ def test_corpora_mix_by_weight_and_a_record_task_overrides_the_mixture(shards, f
     np.testing.assert_array_equal(make(record, index)["input_ids"], templates.example_for(
         fmt, templates.Utterance("the quick fox", record["codes"].astype(np.int32)),
         "generation", 0, index).ids_kl)
+
+
+def test_two_processes_assemble_the_global_batch_of_their_shares(shards, fmt, tmp_path):
+  """A real two-process jax.distributed run (2 fake devices each): every process sees the same
+  global batches, made of host 0's rows then host 1's, each exactly what make_dataset gives that
+  host alone."""
+  fmt.tokenizer.save(str(tmp_path / "tok"))
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{s.getsockname()[1]}"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "tests.datapipe.multihost_worker", address, "2", str(i),
+       os.path.dirname(shards[0]), str(tmp_path / "tok"), str(tmp_path / f"out{i}.npz")],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  try:
+    outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+  finally:
+    for proc in procs:
+      proc.kill()
+  for i, (proc, out) in enumerate(zip(procs, outputs)):
+    assert proc.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
+  hosts = [_take(iter(pipeline.make_dataset(
+      shards, pipeline.PhaseExamples(fmt, w.PHASE, w.SEED), packing.Packer(w.SEQ_POSITIONS,
+                                                                            fmt.layout),
+      batch_size=w.GLOBAL_BATCH // 2, seed=w.SEED, process_index=h, process_count=2,
+      pack_window_sequences=w.WINDOW)), w.N_BATCHES) for h in (0, 1)]
+  for i in range(2):
+    with np.load(tmp_path / f"out{i}.npz") as got:
+      for j in range(w.N_BATCHES):
+        for key in hosts[0][j]:
+          np.testing.assert_array_equal(
+              got[f"{j}/{key}"], np.concatenate([hosts[0][j][key], hosts[1][j][key]]))
