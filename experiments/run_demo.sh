@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Installs the project into ./.venv from scratch and runs the main job on its embedded default
-# (today: the tiny backbone demo, see mimo_jax/demo.py). Extra flags go to the job.
+# Installs the project into ./.venv from scratch and runs the main job on its embedded default:
+# an espeak-ng corpus, a tiny codec, pre-tokenised shards, speech-LM phases 1 and 2, and a TTS /
+# ASR sample (see mimo_jax/demo.py). Extra flags go to the job, e.g. --workdir=DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v espeak-ng >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y -q espeak-ng >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q espeak-ng >/dev/null; }
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e .

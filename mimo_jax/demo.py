@@ -1,88 +1,164 @@
-"""What runs today, end to end: a sharded backbone forward, cached greedy decoding, and an export
-to the official safetensors layout that is read back and checked.
+"""The main job on its embedded default: from nothing to a trained tiny MiMo-Audio on a CPU.
 
-  python -m mimo_jax.demo --preset=tiny --mesh=data:1,fsdp:-1,tensor:1 --workdir=/tmp/mimo_demo
+  python -m mimo_jax.demo --workdir=/tmp/mimo_jax_demo     (run from the repository root)
 
-This is the project's main job until the training entry point lands; the weights are random.
+Each stage is the project's own command, run as a user would run it (its log goes to
+`<workdir>/logs/<stage>.log`):
+
+  1. corpus     python -m mimo_jax.data.corpus       espeak-ng speech + transcripts (a manifest)
+  2. tokenizer  TextTokenizer.train                  a 512-entry BPE over the transcripts
+  3. codec      python -m mimo_jax.train_codec       a tiny audio tokenizer, stage 1
+  4. shards     python -m mimo_jax.pretokenize       the corpus as codes + token ids
+  5. phase1     python -m mimo_jax.train             understanding: text loss only
+  6. phase2     python -m mimo_jax.train             understanding + generation, from phase 1
+  7. generate   mimo_jax.inference.MimoAudio         TTS of a sentence, ASR of a held-out clip
+
+It leaves the checkpoints, each run's loss_curve.png, the generated speech and `report.json` in
+the workdir and prints where they are. At tiny size the speech and the transcript are not
+expected to be good: the point is that every stage runs and the losses fall.
 """
 
+from __future__ import annotations
+
+import json
 import os
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+import soundfile
+from absl import app, flags
 
-from mimo_jax import config, sharding
-from mimo_jax.convert.hf import export_checkpoint, import_checkpoint
-from mimo_jax.lm import backbone
-from mimo_jax.nn.params import logical_axes
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mimo_jax_demo", "Where everything is written.")
+_CONFIGS = flags.DEFINE_string("configs_dir", "experiments/configs",
+                               "Folder of the experiment configs (codec_tiny.py, demo.py).")
+_UTTERANCES = flags.DEFINE_integer("utterances", 64, "Corpus size (the last 2 are held out).")
+_CODEC_STEPS = flags.DEFINE_integer("codec_steps", 300, "Codec training steps.")
+_LM_STEPS = flags.DEFINE_integer("lm_steps", 300, "Speech LM steps per phase.")
+_MAX_NEW = flags.DEFINE_integer("max_new", 48, "LLM steps of generation per answer.")
 
-_PRESET = flags.DEFINE_enum("preset", "tiny", sorted(config.PRESETS), "Model preset.")
-_MESH = flags.DEFINE_string("mesh", "data:1,fsdp:-1,tensor:1", "Mesh axes and sizes.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mimo_jax_demo", "Where the export is written.")
-_BATCH = flags.DEFINE_integer("batch", 2, "Sequences per batch.")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "Prompt tokens per sequence.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 8, "Greedy tokens decoded with the KV cache.")
-_EXPORT_DTYPE = flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"],
-                                  "Dtype of the exported safetensors.")
+HELD_OUT = 2
+# The demo codec: 8 RVQ stages as the LM reads, with small codebooks (the sizes
+# experiments/configs/demo.py declares for the LM).
+CODEBOOK_SIZES = "(64,64,32,32,32,32,32,32)"
 
 
-def greedy_decode(params, cfg, prompt_bt, new_tokens):
-  """Prefill the prompt, then append one greedy token per step through the KV cache."""
-  batch, prompt_len = prompt_bt.shape
-  cache = backbone.init_cache(cfg, batch, prompt_len + new_tokens)
+def _run_stage(name: str, args: list[str], workdir: str) -> float:
+  """Runs `python -m ...` with its output in logs/<name>.log; fails loudly with the log's tail."""
+  log_path = os.path.join(workdir, "logs", f"{name}.log")
+  start = time.time()
+  with open(log_path, "w") as log:
+    done = subprocess.run([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT)
+  seconds = time.time() - start
+  if done.returncode != 0:
+    with open(log_path) as log:
+      tail = log.read()[-3000:]
+    raise app.Error(f"stage {name} failed (exit {done.returncode}); log {log_path}:\n{tail}")
+  print(f"  {name:<10} {seconds:6.0f} s   log: {log_path}", flush=True)
+  return seconds
 
-  @jax.jit
-  def step(params, tokens_bt, positions_bt, cache):
-    logits_btv, cache = backbone.forward(params, cfg, tokens_bt=tokens_bt,
-                                         positions_bt=positions_bt, cache=cache)
-    return jnp.argmax(logits_btv[:, -1], axis=-1)[:, None], cache
 
-  positions_bt = jnp.broadcast_to(jnp.arange(prompt_len), (batch, prompt_len))
-  token_b1, cache = step(params, prompt_bt, positions_bt, cache)
-  generated = [token_b1]
-  for i in range(new_tokens - 1):
-    position_b1 = jnp.full((batch, 1), prompt_len + i)
-    token_b1, cache = step(params, token_b1, position_b1, cache)
-    generated.append(token_b1)
-  return jnp.concatenate(generated, axis=1)
+def _last_metrics(run_dir: str) -> dict:
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return {"first": rows[0], "last": rows[-1]}
+
+
+def _split_corpus(corpus: str) -> tuple[str, list[dict]]:
+  """Writes the training manifest without the last HELD_OUT utterances; returns it and those."""
+  with open(os.path.join(corpus, "manifest.jsonl")) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  train_path = os.path.join(corpus, "train.jsonl")
+  with open(train_path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records[:-HELD_OUT])
+  return train_path, records[-HELD_OUT:]
+
+
+def _train_tokenizer(manifest: str, out_dir: str) -> None:
+  from mimo_jax.data.tokenizer import TextTokenizer
+  with open(manifest) as f:
+    texts = [json.loads(line)["text"] for line in f if line.strip()]
+  TextTokenizer.train(texts, vocab_size=512).save(out_dir)
+
+
+def _generate(workdir: str, phase2: str, codec: str, tokenizer: str, corpus: str,
+              held_out: list[dict]) -> dict:
+  """TTS of a held-out sentence and ASR of a held-out clip, in the pre-training formats the
+  tiny model was trained on (it has seen no SFT chat data)."""
+  from mimo_jax.data import templates
+  from mimo_jax.inference import MimoAudio
+  mimo = MimoAudio.load(phase2, codec, tokenizer)
+  sentence, clip = held_out[0]["text"], held_out[1]
+  wav, sr = soundfile.read(os.path.join(corpus, clip["audio"]), dtype="float32")
+  tts_prompt = templates.tts(mimo.fmt, sentence)
+  asr_prompt = templates.asr(mimo.fmt, mimo.encode_audio(wav, sr))
+  tts, asr = mimo.generate([tts_prompt, asr_prompt], max_new=_MAX_NEW.value)
+  wav_path = os.path.join(workdir, "tts_sample.wav")
+  soundfile.write(wav_path, np.asarray(tts.wav, np.float32), mimo.codec_cfg.sampling_rate)
+  return {"tts_text": sentence, "tts_wav": wav_path,
+          "tts_seconds": len(tts.wav) / mimo.codec_cfg.sampling_rate,
+          "asr_reference": clip["text"], "asr_output": asr.text}
 
 
 def main(argv):
-  del argv
-  cfg = config.preset(_PRESET.value)
-  mesh = sharding.make_mesh(_MESH.value)
-  logging.info("devices: %d x %s; mesh %s", jax.device_count(), jax.devices()[0].platform,
-               dict(mesh.shape))
-  specs = backbone.param_specs(cfg)
-  params = sharding.init_sharded(specs, jax.random.key(0), mesh, jnp.dtype(cfg.param_dtype))
-  n_params = sum(x.size for x in jax.tree.leaves(params))
-  prompt_bt = jax.random.randint(jax.random.key(1), (_BATCH.value, _PROMPT_LEN.value), 0,
-                                 cfg.vocab_size)
-
-  with jax.set_mesh(mesh):
-    forward = jax.jit(lambda p, t: backbone.forward(p, cfg, tokens_bt=t)[0])
-    forward(params, prompt_bt).block_until_ready()  # compile
-    start = time.perf_counter()
-    logits_btv = forward(params, prompt_bt).block_until_ready()
-    elapsed = time.perf_counter() - start
-    generated_bn = greedy_decode(params, cfg, prompt_bt, _NEW_TOKENS.value)
-  print(f"backbone '{_PRESET.value}': {n_params / 1e6:.2f}M params, forward of "
-        f"{prompt_bt.size} tokens in {elapsed * 1e3:.1f} ms, logits {logits_btv.shape}")
-  print(f"greedy continuation of row 0: {np.asarray(generated_bn[0]).tolist()}")
-
-  out_dir = os.path.join(_WORKDIR.value, "export")
-  files = export_checkpoint(params, cfg, out_dir, dtype=_EXPORT_DTYPE.value)
-  restored, _ = import_checkpoint(out_dir, cfg.replace(param_dtype=_EXPORT_DTYPE.value))
-  restored = sharding.shard_params(restored, logical_axes(specs), mesh)
-  with jax.set_mesh(mesh):
-    restored_logits = forward(restored, prompt_bt)
-  diff = float(jnp.max(jnp.abs(restored_logits - logits_btv)))
-  print(f"exported {files} to {out_dir}; re-imported logits differ by {diff:.3g}")
-  if _EXPORT_DTYPE.value == "float32" and diff != 0.0:
-    raise SystemExit("round trip through the float32 export changed the logits")
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  workdir = os.path.abspath(_WORKDIR.value)
+  configs = os.path.abspath(_CONFIGS.value)
+  for name in ("codec_tiny.py", "demo.py"):
+    if not os.path.isfile(os.path.join(configs, name)):
+      raise app.UsageError(f"--configs_dir={_CONFIGS.value} has no {name}: run from the "
+                           f"repository root or point --configs_dir at experiments/configs")
+  os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+  corpus, tokenizer = os.path.join(workdir, "corpus"), os.path.join(workdir, "tokenizer")
+  codec, shards = os.path.join(workdir, "codec"), os.path.join(workdir, "shards")
+  phase1, phase2 = os.path.join(workdir, "lm_phase1"), os.path.join(workdir, "lm_phase2")
+  lm_flags = [f"--config={configs}/demo.py", f"--config.data.path={shards}",
+              f"--config.data.tokenizer={tokenizer}", f"--config.train.steps={_LM_STEPS.value}"]
+  print(f"MiMo-Audio tiny demo in {workdir}", flush=True)
+  seconds = {}
+  seconds["corpus"] = _run_stage("corpus", [
+      "mimo_jax.data.corpus", f"--output={corpus}", f"--num_utterances={_UTTERANCES.value}",
+      "--languages=en"], workdir)
+  train_manifest, held_out = _split_corpus(corpus)
+  start = time.time()
+  _train_tokenizer(train_manifest, tokenizer)
+  seconds["tokenizer"] = time.time() - start
+  seconds["codec"] = _run_stage("codec", [
+      "mimo_jax.train_codec", f"--config={configs}/codec_tiny.py", f"--workdir={codec}",
+      f"--config.data.manifest={train_manifest}", f"--config.steps={_CODEC_STEPS.value}",
+      "--config.codec.overrides.num_quantizers=8",
+      f"--config.codec.overrides.codebook_size={CODEBOOK_SIZES}"], workdir)
+  codec_export = os.path.join(codec, "export")
+  seconds["shards"] = _run_stage("shards", [
+      "mimo_jax.pretokenize", f"--manifest={train_manifest}", f"--codec_ckpt={codec_export}",
+      f"--tokenizer={tokenizer}", f"--output={shards}"], workdir)
+  seconds["phase1"] = _run_stage("phase1", [
+      "mimo_jax.train", *lm_flags, "--config.train.phase=understanding",
+      f"--workdir={phase1}"], workdir)
+  seconds["phase2"] = _run_stage("phase2", [
+      "mimo_jax.train", *lm_flags, "--config.train.phase=generation", f"--init_from={phase1}",
+      f"--workdir={phase2}"], workdir)
+  start = time.time()
+  samples = _generate(workdir, phase2, codec_export, tokenizer, corpus, held_out)
+  seconds["generate"] = time.time() - start
+  report = {"seconds": seconds, "samples": samples,
+            "codec": _last_metrics(codec), "phase1": _last_metrics(phase1),
+            "phase2": _last_metrics(phase2)}
+  with open(os.path.join(workdir, "report.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  for run in ("phase1", "phase2"):
+    first, last = report[run]["first"], report[run]["last"]
+    print(f"{run}: loss {first['loss']:.3f} (step {first['step']}) -> {last['loss']:.3f} "
+          f"(step {last['step']}); curve: {os.path.join(workdir, 'lm_' + run, 'loss_curve.png')}")
+  print(f"codec: mel loss {report['codec']['first']['mel']:.3f} -> "
+        f"{report['codec']['last']['mel']:.3f}; tokenizer folder: {codec_export}")
+  print(f"TTS  '{samples['tts_text']}' -> {samples['tts_seconds']:.2f} s of audio: "
+        f"{samples['tts_wav']}")
+  print(f"ASR  reference '{samples['asr_reference']}'\n     output    '{samples['asr_output']}'")
+  print(f"checkpoints: {phase1}/checkpoints, {phase2}/checkpoints, {codec}/checkpoints; "
+        f"report: {os.path.join(workdir, 'report.json')}; total {sum(seconds.values()):.0f} s")
 
 
 if __name__ == "__main__":
