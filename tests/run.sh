@@ -4,11 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # espeak-ng synthesises the speech corpus the tests and the demo train on; shellcheck lints tpu_setup/.
-if ! command -v espeak-ng >/dev/null || ! command -v shellcheck >/dev/null; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get install -y -q espeak-ng shellcheck >/dev/null \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q espeak-ng shellcheck >/dev/null; }
-fi
+bash experiments/apt_install.sh espeak-ng shellcheck
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 # The pinned CPU torch goes in first so that transformers never pulls a CUDA build.
