@@ -73,8 +73,10 @@ def _fold(keys_b: jax.Array, data) -> jax.Array:
 
 def _banned(ids_bs: jax.Array, v: int, when_b: jax.Array) -> jax.Array:
   """[b, v] mask of the ids in ids_bs (-1 = none), only for rows where when_b holds."""
-  hit_bsv = (ids_bs[:, :, None] == jnp.arange(v)[None, None, :]) & (ids_bs[:, :, None] >= 0)
-  return jnp.any(hit_bsv, axis=1) & when_b[:, None]
+  rows_bs = jnp.broadcast_to(jnp.arange(ids_bs.shape[0])[:, None], ids_bs.shape)
+  cols_bs = jnp.where(ids_bs >= 0, ids_bs, v)  # out of range: dropped
+  return jnp.zeros((ids_bs.shape[0], v), bool).at[rows_bs, cols_bs].set(
+      jnp.broadcast_to(when_b[:, None], ids_bs.shape), mode="drop")
 
 
 def decode_patch(params: dict, cfg: MimoAudioConfig, cond_bd: jax.Array, keys_b: jax.Array,
