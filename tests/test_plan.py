@@ -72,6 +72,15 @@ def test_abstract_devices_are_the_chips(name, devices):
 
 
 @needs_libtpu
+def test_mesh_that_splits_a_torus_axis_is_named():
+  topo = topology.parse_topology("v4-128")  # 4x4x4: fsdp 16 = 4x4 and tensor 4 fit, tensor 2 not
+  assert dict(topology.topology_mesh(topo, "data:1,fsdp:16,tensor:4").shape)["tensor"] == 4
+  with pytest.raises(topology.PlanError, match=r"--mesh=data:1,fsdp:32,tensor:2: cannot be laid "
+                     r"out on the v4:4x4x4 torus"):
+    topology.topology_mesh(topo, "data:1,fsdp:32,tensor:2")
+
+
+@needs_libtpu
 def test_multislice_mesh_puts_data_across_slices():
   topo = topology.parse_topology("v5e-4", num_slices=2)
   mesh = topology.topology_mesh(topo, "data:1,fsdp:2,tensor:2")

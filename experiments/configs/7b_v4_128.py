@@ -1,12 +1,13 @@
 """MiMo-Audio 7B pre-training on v4-128: 64 v4 chips (megacore, 30.75 GiB HBM each).
 
-The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in 64
-micro-batches: FSDP over 32 pairs of chips, each pair splitting attention heads, FFN and
-vocabulary 2 ways (tensor): 2048 / 64 = 32 sequences per micro-batch, one per pair, which leaves
-room for the patch decoder's activations in phase 2 within a v4 chip's 30.75 GiB. bf16 compute
-over fp32 master weights and Adam moments, each decoder layer rematerialised, the text
-cross-entropy over the 151,680-entry vocabulary in chunks of 1024 positions. The planner's report
-for both phases is in experiments/results/plan_7b_v4_128_*.md:
+The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in 128
+micro-batches: FSDP over 16 groups of 4 chips, each group splitting attention heads, FFN and
+vocabulary 4 ways (tensor): 2048 / 128 = 16 sequences per micro-batch, one per group. Each mesh
+axis is a product of whole axes of the 4x4x4 torus (16 = 4x4, 4), as jax.make_mesh requires
+(fsdp:32,tensor:2 would split a physical axis). bf16 compute over fp32 master weights and Adam
+moments, each decoder layer rematerialised, the text cross-entropy over the 151,680-entry
+vocabulary in chunks of 1024 positions. The planner's report for both phases is in
+experiments/results/plan_7b_v4_128_*.md:
 
   python -m mimo_jax.plan --config=experiments/configs/7b_v4_128.py --topology=v4-128 \
       --phase=understanding   # or generation
@@ -29,7 +30,7 @@ def get_config():
   cfg.train.steps = 155_000  # 2.6T tokens / 16.8M per step
   cfg.train.batch_size = 2048
   cfg.train.positions = 8192
-  cfg.train.grad_accum_steps = 64
+  cfg.train.grad_accum_steps = 128
   cfg.loss.text_chunk_size = 1024
   cfg.data.source = "shards"
   cfg.data.path = "gs://BUCKET/shards/phase1"
@@ -37,5 +38,5 @@ def get_config():
   cfg.checkpoint.every_steps = 500
   cfg.checkpoint.keep = 3
   cfg.log.every_steps = 10
-  cfg.mesh = "data:1,fsdp:32,tensor:2"
+  cfg.mesh = "data:1,fsdp:16,tensor:4"
   return cfg

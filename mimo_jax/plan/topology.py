@@ -144,7 +144,12 @@ def topology_mesh(topo: Topology, mesh_flag: str) -> Mesh:
   slices (data-centre network) and the flag's axes tile each slice (inter-chip interconnect)."""
   devices = abstract_devices(topo)
   if topo.num_slices == 1:
-    return sharding.make_mesh(mesh_flag, devices=devices)
+    try:
+      return sharding.make_mesh(mesh_flag, devices=devices)
+    except NotImplementedError as e:  # jax.make_mesh's "cannot lay this out on the torus"
+      raise PlanError(f"--mesh={mesh_flag}: cannot be laid out on the {topo.topology_name} "
+                      f"torus (the training job's mesh would fail the same way): each mesh axis "
+                      f"must be a product of whole torus axes {topo.grid}. ({e})") from None
   ici = sharding.parse_mesh(mesh_flag, topo.chips_per_slice)
   dcn = {name: topo.num_slices if name == "data" else 1 for name in sharding.MESH_AXES}
   from jax.experimental import mesh_utils
