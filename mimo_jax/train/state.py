@@ -18,6 +18,7 @@ config, which parameters train), so init, sharding, checkpoint restore and the s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -129,8 +130,13 @@ def abstract_state(setup: TrainSetup, mesh: Mesh) -> dict:
 def create_state(setup: TrainSetup, key: jax.Array, mesh: Mesh,
                  params: dict | None = None) -> dict:
   """A fresh state built directly in its shards (no host holds the whole model)."""
-  shardings = state_shardings(setup, mesh)
-  return jax.jit(lambda k, p: init_state(setup, k, p), out_shardings=shardings)(key, params)
+  return _state_initializer(setup, mesh)(key, params)
+
+
+@functools.lru_cache(maxsize=8)
+def _state_initializer(setup: TrainSetup, mesh: Mesh):
+  # One jitted initializer per (setup, mesh), so repeated runs in a process compile it once.
+  return jax.jit(lambda k, p: init_state(setup, k, p), out_shardings=state_shardings(setup, mesh))
 
 
 def abstract_params_of(setup: TrainSetup, mesh: Mesh) -> dict:

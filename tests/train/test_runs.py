@@ -211,7 +211,8 @@ def test_two_processes_train_and_one_process_restores(runner, baseline, mesh8):
   np.testing.assert_allclose([got[s] for s in sorted(got)], [baseline[s] for s in sorted(got)],
                              atol=1e-5, rtol=0)
   # Each process saved its own data-iterator position.
-  data_files = sorted(os.listdir(os.path.join(workdir, CHECKPOINT_DIR, str(STEPS), "data")))
+  data_files = sorted(f for f in os.listdir(os.path.join(workdir, CHECKPOINT_DIR, str(STEPS),
+                                                        "data")) if f.startswith("process_"))
   assert data_files == ["process_0-of-2.json", "process_1-of-2.json"]
   # One process with 8 devices reads the checkpoint the two wrote: the values trained there.
   params = final_params(workdir, mesh8)

@@ -1,0 +1,234 @@
+"""Generation speed on CPU: LLM steps/s, audio real-time factor and time to first audio.
+
+Runs `mimo_jax.lm.generate` (prefill + the jitted while-loop decode) with random fp32 weights:
+
+  tiny   `config.tiny()` (the official tiny fixture's shapes), batches 1, 8 and 32
+  1b     hidden 2048, 16 layers (16 heads, 8 KV), FFN 5504, vocab 151680, the full-size patch
+         encoder/decoder shapes scaled to 6/8 layers of width 1024 (~1.1B parameters), batches
+         1 and 8 (only with --models 1b)
+
+The text channel is scripted so that every run does the same work whatever the random weights
+say: `audio` steps are all `<|empty|>` (the patch decoder runs its 11 delayed steps every LLM
+step: what TTS and spoken dialogue do), `text` steps are all a plain token (the patch decoder
+is skipped: ASR and text chat). Audio sampling uses the official preset (T 0.9, top-p 0.95).
+
+- steps/s: LLM steps per second per row (one 0.16 s patch or one text token each), from the
+  decode time alone; tokens/s = batch x steps/s.
+- RTF (audio): audio seconds generated per wall second = batch x steps x 0.16 / (prefill +
+  decode), LM only (the codec's decode speed is in experiments/results/codec_cpu.md).
+- time to first audio (batch 1): prefill, then 5 LLM steps at a time through the decode and the
+  codec's streaming decode (the official windows: 40 frames held back, so audio starts after 11
+  patches), until the first samples come out; with the tiny official codec (random weights).
+
+Every configuration is compiled once before timing (compile times are reported). The machine is
+shared: each call records the CPU-seconds other processes took meanwhile (benchlib) and medians
+are over clean calls when there are at least 2 (else over all, flagged).
+Results go to experiments/results/generate.{json,md}.
+
+  python experiments/bench/generate.py [--models tiny,1b --steps 64 --repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchlib import is_clean, machine_info, timed_call, write_results
+from mimo_jax import config
+from mimo_jax.codec import streaming
+from mimo_jax.codec.checkpoint import import_codec
+from mimo_jax.lm import generate as gen
+from mimo_jax.lm import model
+from mimo_jax.lm.sampling import PRESETS, SamplerConfig
+from mimo_jax.nn.params import ParamSpec, is_spec
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+RESULTS_DIR = os.path.join(ROOT, "experiments", "results")
+TINY_CODEC = os.path.join(ROOT, "tests", "data", "official_tiny_a", "tokenizer")
+EMPTY, TEXT_TOKEN = 412, 7  # <|empty|> id of the tiny vocab; 1b uses the same (any id works)
+PATCH_SECONDS = 0.16
+HEAD_SCALE = 8.0
+PROMPT_POSITIONS = 32
+
+MODELS = {
+    "tiny": (config.tiny, (1, 8, 32)),
+    "1b": (lambda: config.tiny(
+        hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8,
+        head_dim=128, intermediate_size=5504, vocab_size=151680, local_dim=1024, local_layers=8,
+        local_attn_heads=64, local_ffn_dim=4096, input_local_layers=6, input_local_dim=1024),
+           (1, 8)),
+}
+
+
+def random_params(cfg) -> dict:
+  """Numpy draws scaled 1/sqrt(fan-in) (no per-shape compilation). The output heads are drawn
+  HEAD_SCALE times larger so that, as in a trained model, the audio distributions are peaked:
+  the top-p nucleus then lies among the sampler's top candidates (a flat random distribution
+  would send every draw to the full-vocabulary sort, which a trained model rarely needs)."""
+  rng = np.random.default_rng(0)
+
+  def draw(path, spec: ParamSpec):
+    x = rng.standard_normal(spec.shape, np.float32)
+    x /= np.sqrt(spec.shape[-2] if len(spec.shape) >= 2 else 1.0)
+    if "local_transformer_lm_heads" in jax.tree_util.keystr(path):
+      x *= HEAD_SCALE
+    return jnp.asarray(x + (1.0 if spec.init == "ones" else 0.0))
+
+  return jax.tree_util.tree_map_with_path(draw, model.param_specs(cfg), is_leaf=is_spec)
+
+
+def n_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def requests(cfg, batch: int, steps: int, mode: str) -> list[gen.Request]:
+  rng = np.random.default_rng(1)
+  g, c = cfg.group_size, cfg.audio_channels
+  prompt_kl = np.full((1 + c, g * PROMPT_POSITIONS), -100, np.int32)
+  prompt_kl[0, ::g] = rng.integers(0, 400, PROMPT_POSITIONS)
+  prompt_kl[1:] = np.asarray(cfg.speech_zeroemb_idx)[:, None]
+  token = EMPTY if mode == "audio" else TEXT_TOKEN
+  return [gen.Request(prompt_kl, steps, (), text=SamplerConfig(greedy=True),
+                      audio=PRESETS["tts"].audio, seed=i, forced_text=(token,) * steps)
+          for i in range(batch)]
+
+
+def run_once(params, cfg, packed, steps: int) -> dict:
+  prompt_bkl, len_b, keys_b, settings, n = packed
+  start = time.perf_counter()
+  state = gen.prefill(params, cfg, prompt_bkl, len_b, keys_b, empty_id=EMPTY, max_new=n)
+  jax.block_until_ready(state.hidden_bd)
+  mid = time.perf_counter()
+  state = gen.decode(params, cfg, state, settings, jnp.int32(steps), empty_id=EMPTY)
+  jax.block_until_ready(state.text_bn)
+  end = time.perf_counter()
+  assert int(state.step) == steps
+  return {"prefill_s": mid - start, "decode_s": end - mid}
+
+
+def time_to_first_audio(params, cfg, codec, steps: int, chunk_steps: int = 5) -> dict:
+  codec_params, codec_cfg = codec
+  prompt_bkl, len_b, keys_b, settings, n = gen.pack(cfg, requests(cfg, 1, steps, "audio"),
+                                                    prompt_positions=PROMPT_POSITIONS)
+  start = time.perf_counter()
+  state = gen.prefill(params, cfg, prompt_bkl, len_b, keys_b, empty_id=EMPTY, max_new=n)
+  codec_state, taken = streaming.start(), 0
+  while taken < steps:
+    state = gen.decode(params, cfg, state, settings, jnp.int32(taken + chunk_steps),
+                       empty_id=EMPTY)
+    made = int(state.step)
+    frames_tc = np.asarray(state.codes_bngc[0, taken:made]).reshape(-1, cfg.audio_channels)
+    taken = made
+    wav, codec_state = streaming.step(codec_params, codec_cfg, codec_state, frames_tc,
+                                      last=taken >= steps)
+    if len(wav):
+      return {"ttfa_s": time.perf_counter() - start, "patches_before_audio": taken}
+  raise RuntimeError("no audio")
+
+
+def median(records: list[dict], key: str, cores: int) -> tuple[float, bool]:
+  clean = [r[key] for r in records if is_clean(r, cores)]
+  use = clean if len(clean) >= 2 else [r[key] for r in records]
+  return statistics.median(use), len(clean) >= 2
+
+
+def bench_model(name: str, steps: int, repeats: int, cores: int, codec) -> list[dict]:
+  make, batches = MODELS[name]
+  cfg = make()
+  params = random_params(cfg)
+  print(f"{name}: {n_params(params) / 1e6:.1f}M parameters")
+  rows = []
+  for batch in batches:
+    for mode in ("audio", "text"):
+      packed = gen.pack(cfg, requests(cfg, batch, steps, mode), batch=batch,
+                        prompt_positions=PROMPT_POSITIONS, max_new=steps)
+      t = time.perf_counter()
+      run_once(params, cfg, packed, steps)
+      compile_s = time.perf_counter() - t
+      records = [timed_call(lambda: run_once(params, cfg, packed, steps))
+                 for _ in range(repeats)]
+      decode_s, clean = median(records, "decode_s", cores)
+      prefill_s, _ = median(records, "prefill_s", cores)
+      row = {"model": name, "params_m": n_params(params) / 1e6, "batch": batch, "mode": mode,
+             "steps": steps, "prompt_positions": PROMPT_POSITIONS,
+             "first_call_s": compile_s, "prefill_s": prefill_s, "decode_s": decode_s,
+             "steps_per_s": steps / decode_s, "tokens_per_s": batch * steps / decode_s,
+             "clean": clean, "calls": records}
+      if mode == "audio":
+        row["rtf_audio"] = batch * steps * PATCH_SECONDS / (prefill_s + decode_s)
+      print(f"  batch {batch:3d} {mode:5s}: {row['steps_per_s']:8.1f} steps/s/row, "
+            f"{row['tokens_per_s']:8.1f} tokens/s"
+            + (f", RTF {row['rtf_audio']:.2f}" if mode == "audio" else "")
+            + f" (first call {compile_s:.1f} s){'' if clean else ' [contended]'}")
+      rows.append(row)
+  ttfa = [timed_call(lambda: time_to_first_audio(params, cfg, codec, max(steps, 16)))
+          for _ in range(repeats + 1)][1:]  # the first call compiles the 5-step bound
+  ttfa_s, clean = median(ttfa, "ttfa_s", cores)
+  rows.append({"model": name, "batch": 1, "mode": "time_to_first_audio", "ttfa_s": ttfa_s,
+               "patches_before_audio": ttfa[0]["patches_before_audio"], "clean": clean,
+               "calls": ttfa})
+  print(f"  time to first audio: {ttfa_s:.2f} s ({ttfa[0]['patches_before_audio']} patches)")
+  return rows
+
+
+def markdown(report: dict) -> str:
+  lines = [f"# Generation on CPU ({report['date']})", "",
+           f"Command: `{report['command']}`; commit {report['commit']}.",
+           f"Machine: {report['machine']['cpu_model']}, {report['machine']['cores_usable']} "
+           f"usable cores; load average at the start {report['loadavg_start']}, at the end "
+           f"{report['loadavg_end']} (the machine is shared with other work: rows marked "
+           f"'contended' had fewer than 2 clean calls).", "",
+           "| model | batch | steps | steps/s/row | tokens/s | RTF (LM) | prefill s | "
+           "first call s | clean |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in report["rows"]:
+    if r["mode"] == "time_to_first_audio":
+      continue
+    lines.append(f"| {r['model']} | {r['batch']} | {r['steps']} {r['mode']} | "
+                 f"{r['steps_per_s']:.1f} | {r['tokens_per_s']:.1f} | "
+                 f"{r.get('rtf_audio', float('nan')):.2f} | {r['prefill_s']:.3f} | "
+                 f"{r['first_call_s']:.1f} | {'yes' if r['clean'] else 'no'} |")
+  lines += ["", "Time to first audio (batch 1, 5 LLM steps per chunk, official streaming "
+            "windows, tiny codec):", ""]
+  for r in report["rows"]:
+    if r["mode"] == "time_to_first_audio":
+      lines.append(f"- {r['model']}: {r['ttfa_s']:.2f} s after {r['patches_before_audio']} "
+                   f"patches{'' if r['clean'] else ' (contended)'}")
+  lines += ["", "RTF (LM) = audio seconds generated per wall second by the LM (prefill + "
+            "decode; 0.16 s per patch), before the codec decode. `audio` rows run the patch "
+            "decoder at every step, `text` rows never.", ""]
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--models", default="tiny")
+  parser.add_argument("--steps", type=int, default=64)
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args()
+  cores = len(os.sched_getaffinity(0))
+  loadavg_start = os.getloadavg()
+  codec = import_codec(TINY_CODEC)
+  rows = []
+  for name in args.models.split(","):
+    rows += bench_model(name, args.steps, args.repeats, cores, codec)
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=ROOT).stdout.strip()
+  report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "commit": commit, "jax": jax.__version__, "backend": jax.default_backend(),
+            "machine": machine_info(), "loadavg_start": [round(x, 1) for x in loadavg_start],
+            "loadavg_end": [round(x, 1) for x in os.getloadavg()], "rows": rows}
+  write_results(report, markdown(report), RESULTS_DIR, "generate")
+
+
+if __name__ == "__main__":
+  main()
