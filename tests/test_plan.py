@@ -221,7 +221,9 @@ def test_train_plan_flops_count_every_micro_batch(tiny_train_plan):
   assert fl["jaxpr_flops"] > fl["jaxpr_model_flops"]  # full remat recomputes the forward
   assert fl["unbounded_while_loops"] == 0
   speed = tiny_train_plan["speed"]
-  assert speed["step_s"] == pytest.approx(fl["jaxpr_model_flops"] / (4 * 197e12 * 0.4))
+  assert speed["compute_s"] == pytest.approx(fl["jaxpr_model_flops"] / (4 * 197e12 * 0.4))
+  assert speed["hbm_read_s"] == pytest.approx(tiny_train_plan["memory"]["arguments_bytes"] / 819e9)
+  assert speed["step_s"] == max(speed["compute_s"], speed["hbm_read_s"])
 
 
 def test_report_saves_json_and_markdown(tiny_train_plan, tmp_path):

@@ -95,9 +95,6 @@ def plan_step(spec: StepSpec, topo: Topology, mesh: jax.sharding.Mesh, mfu: floa
       "jaxpr_model_over_analytic": model.flops / spec.analytic_flops,
       "remat_overhead": hw.flops / model.flops, "unbounded_while_loops": hw.unbounded_loops,
   }
-  step_s = model.flops / (topo.num_chips * chip.peak_bf16_flops * mfu)
-  report["speed"] = {"mfu": mfu, "step_s": step_s,
-                     "tokens_per_s_per_chip": spec.tokens / step_s / topo.num_chips}
   parts = {name: per_device_bytes(tree) for name, tree in spec.parts.items()}
 
   start = time.perf_counter()
@@ -114,6 +111,7 @@ def plan_step(spec: StepSpec, topo: Topology, mesh: jax.sharding.Mesh, mfu: floa
     report["memory"] = {"parts_bytes": parts, "capacity_bytes": chip.hbm_bytes,
                         **(oom or {}), "xla_message": str(e).strip().splitlines()[0][:500]}
     report["fits"] = False
+    report["speed"] = predict_speed(report, topo, mfu, sum(parts.values()))
     return report
   report["compile"] = {"lower_s": lower_s, "compile_s": time.perf_counter() - start - lower_s}
   stats = compiled.memory_analysis()
@@ -131,7 +129,20 @@ def plan_step(spec: StepSpec, topo: Topology, mesh: jax.sharding.Mesh, mfu: floa
   report["fits"] = peak <= chip.hbm_bytes
   if not report["fits"]:
     report["memory"]["shortfall_bytes"] = peak - chip.hbm_bytes
+  report["speed"] = predict_speed(report, topo, mfu, arguments)
   return report
+
+
+def predict_speed(report: dict, topo: Topology, mfu: float, read_bytes: float) -> dict:
+  """Step time as the larger of the compute time at `mfu` and the time to read every argument
+  byte once from HBM (what bounds a decode step: weights and KV cache are read for few tokens)."""
+  chip = topo.chip
+  compute_s = report["flops"]["jaxpr_model_flops"] / (topo.num_chips * chip.peak_bf16_flops * mfu)
+  hbm_s = read_bytes / chip.hbm_bytes_per_s
+  step_s = max(compute_s, hbm_s)
+  return {"mfu": mfu, "compute_s": compute_s, "hbm_read_s": hbm_s,
+          "bound": "compute" if compute_s >= hbm_s else "HBM bandwidth", "step_s": step_s,
+          "tokens_per_s_per_chip": report["tokens_per_step"] / step_s / topo.num_chips}
 
 
 def _gib(n: float) -> str:
@@ -169,8 +180,9 @@ def to_markdown(report: dict) -> str:
       f"| jaxpr, model (no rematerialisation) | {fl['jaxpr_model_flops']:.4g} |",
       f"| analytic (matmul weights x tokens + attention) | {fl['analytic_flops']:.4g} |",
       f"| model / analytic | {fl['jaxpr_model_over_analytic']:.4f} |",
-      "", f"At MFU {sp['mfu']:.0%}: **{sp['step_s']:.2f} s per step, "
-      f"{sp['tokens_per_s_per_chip']:,.0f} tokens/s/chip**.", "",
+      "", f"Predicted: **{sp['step_s']:.3g} s per step, {sp['tokens_per_s_per_chip']:,.0f} "
+      f"tokens/s/chip** ({sp['bound']} bound: {sp['compute_s']:.3g} s of matmuls at "
+      f"{sp['mfu']:.0%} MFU, {sp['hbm_read_s']:.3g} s to read the arguments from HBM once).", "",
       f"Compiled on this host in {report['compile']['lower_s']:.1f} s (lower) + "
       f"{report['compile']['compile_s']:.1f} s (compile).",
   ]

@@ -115,7 +115,7 @@ def generate_spec(cfg: ml_collections.ConfigDict, mesh: Mesh, rows: int, prompt_
                donate_argnums=1)
   notes = (f"one LLM step of {rows} rows, KV cache of {prompt_positions} + {max_new} slots; the "
            "while loop's body is counted once (one step) and the patch decoder branch is counted "
-           "as taken")
+           "as taken",)
   return StepSpec(
       name="generate/step", fn=fn, args=(params, state, settings, until),
       parts={"params (bf16)": params, "decode state (KV cache)": state, "settings": settings},

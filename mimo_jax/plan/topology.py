@@ -38,6 +38,7 @@ class Chip:
   generation: str
   device_kind: str  # jax's device_kind of its devices
   hbm_bytes: float  # HBM that XLA lets one device use (its own RESOURCE_EXHAUSTED limit)
+  hbm_bytes_per_s: float  # HBM bandwidth of the chip
   cores_per_chip: int  # TensorCores counted by the product name
   grid_rank: int  # 3 for the 3D-torus generations, 2 for the 2D ones
   chip_config_name: str | None  # libtpu's name for how cores form a device
@@ -52,10 +53,10 @@ GIB = 2.0**30
 # HBM figures are the per-device capacities libtpu reports when a compile runs out of memory
 # (slightly below the marketing 32/16/95/32 GiB: the runtime keeps a reserve).
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", "TPU v4", 30.75 * GIB, 2, 3, "megacore"),
-    "v5e": Chip("v5e", "TPU v5 lite", 15.75 * GIB, 1, 2, None),
-    "v5p": Chip("v5p", "TPU v5", 95.74 * GIB, 2, 3, None),
-    "v6e": Chip("v6e", "TPU v6 lite", 31.25 * GIB, 1, 2, None),
+    "v4": Chip("v4", "TPU v4", 30.75 * GIB, 1200e9, 2, 3, "megacore"),
+    "v5e": Chip("v5e", "TPU v5 lite", 15.75 * GIB, 819e9, 1, 2, None),
+    "v5p": Chip("v5p", "TPU v5", 95.74 * GIB, 2765e9, 2, 3, None),
+    "v6e": Chip("v6e", "TPU v6 lite", 31.25 * GIB, 1640e9, 1, 2, None),
 }
 _SLICE_NAME = re.compile(r"^(v4|v5e|v5p|v6e)-(\d+)$")
 _GRID_NAME = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
