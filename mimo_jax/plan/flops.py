@@ -122,14 +122,16 @@ def mimo_train_flops(cfg: MimoAudioConfig, sequences: int, positions: int,
 
 
 def decode_step_flops(cfg: MimoAudioConfig, rows: int, cache_len: int) -> float:
-  """Analytic FLOPs of one generation step per `rows`: the text head on the last hidden state,
-  the patch decoder's g + max-delay cached steps (all 8 heads at every step), and the new
+  """Analytic FLOPs of one generation step of `rows` rows: the text head on the last hidden
+  state, the patch decoder's g + max-delay cached steps (all 8 heads at every step), and the new
   position through the patch encoder and the backbone, attending over the whole preallocated
   cache (the XLA attention computes masked slots too)."""
   g, bb, enc, dec = cfg.group_size, cfg.backbone, cfg.patch_encoder, cfg.patch_decoder
   steps = g + max(cfg.delay_pattern)
   flops = 2.0 * cfg.hidden_size * cfg.vocab_size + 2.0 * cfg.hidden_size * dec.d_model
-  flops += 2.0 * steps * (stack_matmul_params(dec) + dec.d_model * sum(cfg.speech_vocab_size))
+  # The c heads run as one batch padded to the widest audio vocabulary (generate.decode_patch).
+  heads = dec.d_model * cfg.audio_channels * max(cfg.speech_vocab_size)
+  flops += 2.0 * steps * (stack_matmul_params(dec) + heads)
   flops += stack_attention_flops(dec, 1, steps)  # s one-token queries over s slots
   if cfg.input_local_dim != cfg.local_dim:
     flops += 2.0 * steps * enc.d_model * dec.d_model
