@@ -3,9 +3,9 @@
 Runs `mimo_jax.lm.generate` (prefill + the jitted while-loop decode) with random fp32 weights:
 
   tiny   `config.tiny()` (the official tiny fixture's shapes), batches 1, 8 and 32
-  1b     hidden 2048, 16 layers (16 heads, 8 KV), FFN 5504, vocab 151680, the full-size patch
-         encoder/decoder shapes scaled to 6/8 layers of width 1024 (~1.1B parameters), batches
-         1 and 8 (only with --models 1b)
+  1b     hidden 2048, 16 layers (16 heads, 8 KV), FFN 5504, vocab 32000, the full-size patch
+         encoder / decoder width (1024, 64 heads) with 6 / 8 layers (~1.1B parameters, ~4.5 GB
+         in fp32), batches 1 and 8 (only with --models 1b)
 
 The text channel is scripted so that every run does the same work whatever the random weights
 say: `audio` steps are all `<|empty|>` (the patch decoder runs its 11 delayed steps every LLM
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import statistics
 import subprocess
@@ -63,7 +64,7 @@ MODELS = {
     "tiny": (config.tiny, (1, 8, 32)),
     "1b": (lambda: config.tiny(
         hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8,
-        head_dim=128, intermediate_size=5504, vocab_size=151680, local_dim=1024, local_layers=8,
+        head_dim=128, intermediate_size=5504, vocab_size=32000, local_dim=1024, local_layers=8,
         local_attn_heads=64, local_ffn_dim=4096, input_local_layers=6, input_local_dim=1024),
            (1, 8)),
 }
@@ -180,8 +181,17 @@ def bench_model(name: str, steps: int, repeats: int, cores: int, codec) -> list[
   return rows
 
 
+def previous_rows() -> list[dict]:
+  path = os.path.join(RESULTS_DIR, "generate.json")
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return json.load(f)["rows"]
+
+
 def markdown(report: dict) -> str:
-  lines = [f"# Generation on CPU ({report['date']})", "",
+  lines = [f"# Generation on CPU ({report['date']}; rows of models not rerun are kept from "
+           f"earlier runs, each with its own load note in the json)", "",
            f"Command: `{report['command']}`; commit {report['commit']}.",
            f"Machine: {report['machine']['cpu_model']}, {report['machine']['cores_usable']} "
            f"usable cores; load average at the start {report['loadavg_start']}, at the end "
@@ -217,8 +227,9 @@ def main():
   cores = len(os.sched_getaffinity(0))
   loadavg_start = os.getloadavg()
   codec = import_codec(TINY_CODEC)
-  rows = []
-  for name in args.models.split(","):
+  names = args.models.split(",")
+  rows = [r for r in previous_rows() if r["model"] not in names]  # keep models not rerun
+  for name in names:
     rows += bench_model(name, args.steps, args.repeats, cores, codec)
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=ROOT).stdout.strip()
