@@ -60,7 +60,8 @@ def self_attend(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, positio
                 segment_ids_bt: jax.Array, *, causal: bool, impl: str) -> jax.Array:
   """Self-attention of t tokens under the `attention_mask` rule, by implementation `impl`.
 
-  "xla" builds the [b, t, t] mask and calls `attend`. "splash" never holds the scores (see
+  "xla" builds the [b, t, t] mask and calls `attend`; "chunked" applies the same rule exactly,
+  a chunk of queries at a time (see `chunked_attend`). "splash" never holds the scores (see
   `splash_attend`); it applies causality by token index, which equals the positional rule
   wherever positions increase along a segment: every real token of a packed batch (positions
   restart at each segment start). Padding (segment 0, position 0 in packed rows) only ever sees
