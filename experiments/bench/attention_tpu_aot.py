@@ -10,8 +10,8 @@ recorded as its result. Only the attention differs between the xla and splash ro
 temp difference is the [b, heads, t, t] scores the splash kernel never holds.
 
 Compiling runs on this host's CPU, which other work may share: each compile records the CPU
-seconds other processes took meanwhile. Results go to experiments/results/attention_tpu_aot.{json,md},
-rewritten after every case; a run keeps the file's other cases and replaces those it compiles
+seconds other processes took meanwhile. Results go to
+experiments/results/attention_tpu_aot.{json,md}, rewritten after every case; a run keeps the file's other cases and replaces those it compiles
 again, so subsets can run one after another or side by side.
 
 Run from the repository root (slow: minutes of CPU per case):
@@ -122,14 +122,15 @@ def to_markdown(report: dict) -> str:
   lines = [
       "# Backbone attention on TPU: per-chip memory, XLA vs splash (AOT)",
       "",
-      f"Gradient of a 7B-shaped backbone stack ({report['layers']} scanned layers, full remat, bf16 "
-      "compute, fp32 params; d 4096, 32/8 heads of 128, FFN 11008), one sequence per chip, mesh "
+      f"Gradient of a 7B-shaped backbone stack ({report['layers']} scanned layers, full remat, "
+      "bf16 compute, fp32 params; d 4096, 32/8 heads of 128, FFN 11008), one sequence per chip, mesh "
       "fsdp over all chips, compiled for abstract TPU devices with libtpu on a CPU host "
       f"(jax {jax.__version__}). Memory is XLA's `memory_analysis()` per chip. Updated "
       f"{report['date']}.",
       "",
-      "| topology | seq | attention | temp GiB | args GiB | peak GiB | compile s | others' CPU-s |",
-      "|---|---|---|---|---|---|---|---|",
+      "| topology | seq | attention | temp GiB | args GiB | peak GiB | compile s | own CPU-s | "
+      "others' CPU-s |",
+      "|---|---|---|---|---|---|---|---|---|",
   ]
   for r in report["cases"]:
     if r["layers"] != report["layers"]:
@@ -141,7 +142,7 @@ def to_markdown(report: dict) -> str:
                 if "needed_gib" in r else f"failed: {r['error']}")
       mem = f"{needed} | | "
     lines.append(f"| {r['topology']} ({r['device_kind']}) | {r['seq']} | {r['impl']} | {mem} | "
-                 f"{r['s']:.0f} | {r['others_cpu_s']:.0f} |")
+                 f"{r['s']:.0f} | {r['own_cpu_s']:.0f} | {r['others_cpu_s']:.0f} |")
   m = report["machine"]
   lines += [
       "",
@@ -151,8 +152,8 @@ def to_markdown(report: dict) -> str:
       "the whole train step.",
       "",
       f"Host: {m['cpu_model']}, {m['cores_usable']} usable cores, shared with other work: compile "
-      "times are wall seconds under that contention (others' CPU-s = CPU seconds other processes "
-      "and steal took during the compile).",
+      "times are wall seconds under that contention (own CPU-s = the compile's CPU seconds; "
+      "others' CPU-s = CPU seconds other processes and steal took during the compile).",
       "",
   ]
   return "\n".join(lines)
