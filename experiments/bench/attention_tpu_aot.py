@@ -11,8 +11,9 @@ temp difference is the [b, heads, t, t] scores the splash kernel never holds.
 
 Compiling runs on this host's CPU, which other work may share: each compile records the CPU
 seconds other processes took meanwhile. Results go to
-experiments/results/attention_tpu_aot.{json,md}, rewritten after every case; a run keeps the file's other cases and replaces those it compiles
-again, so subsets can run one after another or side by side.
+experiments/results/attention_tpu_aot.{json,md}, rewritten after every case; a run keeps the
+file's other cases and replaces those it compiles again, so subsets can run one after another or
+side by side.
 
 Run from the repository root (slow: minutes of CPU per case):
 
@@ -123,8 +124,8 @@ def to_markdown(report: dict) -> str:
       "# Backbone attention on TPU: per-chip memory, XLA vs splash (AOT)",
       "",
       f"Gradient of a 7B-shaped backbone stack ({report['layers']} scanned layers, full remat, "
-      "bf16 compute, fp32 params; d 4096, 32/8 heads of 128, FFN 11008), one sequence per chip, mesh "
-      "fsdp over all chips, compiled for abstract TPU devices with libtpu on a CPU host "
+      "bf16 compute, fp32 params; d 4096, 32/8 heads of 128, FFN 11008), one sequence per chip, "
+      "mesh fsdp over all chips, compiled for abstract TPU devices with libtpu on a CPU host "
       f"(jax {jax.__version__}). Memory is XLA's `memory_analysis()` per chip. Updated "
       f"{report['date']}.",
       "",
