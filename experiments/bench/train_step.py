@@ -89,7 +89,9 @@ def summarise(calls, facts, steps_per_call, cores, peak, n_chips) -> dict:
   every = [c["s"] / steps_per_call for c in calls]
   times = clean if len(clean) >= MIN_CLEAN_CALLS else every
   step_s = statistics.median(times)
+  own_cpu = statistics.median(c["own_cpu_s"] / steps_per_call for c in calls)
   out = {**facts, "median_step_s": step_s, "min_step_s": min(every),
+         "median_own_cpu_s": own_cpu,
          "median_over": "clean" if times is clean else "all", "clean_calls": len(clean),
          "tokens_per_s": facts["tokens_per_step"] / step_s,
          "model_tflops_per_s": facts["flops_per_step"] / step_s / 1e12, "calls": calls}
@@ -105,6 +107,7 @@ def markdown(report: dict) -> str:
       mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
       rows.append(f"| {model} | {phase} | {r['param_count'] / 1e6:.1f}M | {r['dtype']} | "
                   f"{r['batch']} x {r['positions']} | {r['median_step_s']:.3f} | "
+                  f"{r['median_own_cpu_s']:.3f} | "
                   f"{r['tokens_per_s']:,.0f} | {r['model_tflops_per_s'] * 1e3:,.1f} | {mfu} | "
                   f"{r['clean_calls']}/{len(r['calls'])} |")
   load = report["timing_load"]
@@ -118,11 +121,12 @@ def markdown(report: dict) -> str:
       "The step `python -m mimo_jax.train` runs (AdamW per group, clipping, NaN guard, donated "
       "state), synthetic batches. Tokens = LLM positions (6.25 Hz). Model FLOPs: analytic "
       "(3 x forward, no remat). MFU needs the chip's peak (`metrics.PEAK_FLOPS`); CPUs have "
-      "none, so it is n/a there.",
+      "none, so it is n/a there. Our CPU-s/step is the CPU time this process used per step: "
+      "other processes' load stretches the wall time far more than it.",
       "",
-      "| model | phase | params | compute | batch | median s/step | tokens/s | model GFLOP/s | "
-      "MFU | clean calls |",
-      "|---|---|---:|---|---|---:|---:|---:|---:|---:|",
+      "| model | phase | params | compute | batch | median s/step | our CPU-s/step | tokens/s | "
+      "model GFLOP/s | MFU | clean calls |",
+      "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
       *rows,
       "",
       f"Load: other processes took {load['others_cpu_s']:.0f} CPU-s while we used "

@@ -240,7 +240,8 @@ def test_phase_1_then_phase_2(runner, baseline, mesh8):
   text = runner.run("phase2", *RUN_FLAGS, MESH, f"--init_from={runner.workdir('phase1')}")
   assert "init_from: params of the latest checkpoint" in text
   phase2 = losses(runner.workdir("phase2"))
-  assert phase2[STEPS] < phase2[1] - 0.2, phase2
+  # It starts from phase 1's params (its text loss already learnt), not from random weights.
+  assert phase2[1] < baseline[1] - 0.2, (phase2, baseline)
   after2 = by_group(final_params(runner.workdir("phase2"), mesh8))
   for group in ("patch_encoder", "llm", "patch_decoder"):
     unchanged = sum(np.array_equal(a, b) for a, b in zip(by_group(after1)[group], after2[group]))
