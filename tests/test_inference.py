@@ -14,7 +14,7 @@ from mimo_jax import inference
 from mimo_jax.codec import api as codec_api
 from mimo_jax.config import ConfigError
 from mimo_jax.data import templates
-from mimo_jax.lm import model
+from mimo_jax.lm import layout, model
 from mimo_jax.lm.sampling import GREEDY, SamplerConfig
 from mimo_jax.train.checkpoint import Checkpointer
 from tests.codec.common import CLIP, official_io
@@ -121,3 +121,24 @@ def test_a_training_run_directory_loads(mimo, tmp_path, official_tiny_lm_dir,
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(ConfigError, match="run.json"):
     inference.MimoAudio.load(str(tmp_path), official_tiny_codec_dir, tokenizer=official_tiny_lm_dir)
+
+
+def test_in_context_s2s_prompt_has_the_official_shape(mimo):
+  """Few-shot speech-to-speech (Base format): instruction, then per shot input span, newline,
+  output stream, blank line; then the query span, a newline and the opened answer stream."""
+  rng = np.random.RandomState(0)
+  codes = lambda n: rng.randint(0, 128, (n, 8))
+  shots = [(codes(8), codes(12), "ok"), (codes(4), codes(8), "the")]
+  example = templates.in_context_s2s(mimo.fmt, "Copy the voice.", shots, codes(8))
+  assert example.is_prompt and set(example.stop_tokens) == {EOS, EOSTM}
+  segments = layout.parse_sequence(example.ids_kl, mimo.fmt.layout)
+  kinds = [type(s).__name__ for s in segments]
+  assert kinds == ["TextSegment", "AudioSegment", "TextSegment", "StreamSegment", "TextSegment",
+                   "AudioSegment", "TextSegment", "StreamSegment", "TextSegment",
+                   "AudioSegment", "TextSegment"]
+  text = lambda s: mimo.tokenizer.decode(s.ids_n)
+  assert text(segments[0]) == "[Int]:Copy the voice.\n"
+  assert [text(segments[i]) for i in (2, 4, 6, 8)] == ["\n", " \n\n", "\n", " \n\n"]
+  assert text(segments[10]) == "\n<|sostm|>"
+  np.testing.assert_array_equal(segments[3].codes_tc, shots[0][1])
+  assert text(segments[3]) == "ok"

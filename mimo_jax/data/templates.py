@@ -398,6 +398,35 @@ def text_dialogue_sft(fmt: Formatter, history: Sequence[Turn], answer: str | Non
   return chat(fmt, "text_dialogue_sft", history, answer, thinking=thinking)
 
 
+# --- few-shot (Base model) formats ------------------------------------------------------------
+
+
+def in_context_s2s(fmt: Formatter, instruction: str,
+                   shots: Sequence[tuple[np.ndarray, np.ndarray, str]], audio_tc: np.ndarray,
+                   answer: Speech | None = None) -> Example:
+  """Few-shot in-context speech-to-speech (official `get_in_context_learning_s2s_prompt`):
+  `[Int]:{instruction}\\n`, then per shot its input audio span, `\\n`, its output as a stream
+  (transcript + audio) and ` \\n\\n`; then the query's audio span, `\\n` and the answer stream
+  (the prompt ends after its `<|sostm|>`). shots: (input codes [T, C], output codes [T, C],
+  output transcript). The instruction is template text, tokenised with the `\\n` in one piece as
+  the official prompt is."""
+  _require("in_context_s2s", instruction=instruction, audio_tc=audio_tc)
+  prompt: list[Segment] = [fmt.markup(f"[Int]:{instruction}\n")]
+  for i, (input_tc, output_tc, transcript) in enumerate(shots):
+    _require("in_context_s2s", **{f"shot {i} input": input_tc, f"shot {i} output": output_tc,
+                                  f"shot {i} transcript": transcript})
+    prompt += [AudioSegment(input_tc), fmt.markup("\n"), fmt.stream(transcript, output_tc),
+               fmt.markup(" \n\n")]
+  prompt += [AudioSegment(audio_tc), fmt.markup("\n")]
+  stop = (_EOS, "<|eostm|>")
+  if answer is None:
+    return _example(fmt, "in_context_s2s", _prompt_with_stream_open(fmt, prompt), None, [], stop,
+                    False)
+  _require("in_context_s2s", answer_text=answer.text, answer_audio=answer.audio_tc)
+  return _example(fmt, "in_context_s2s", prompt, [fmt.stream(answer.text, answer.audio_tc)], [],
+                  stop, False)
+
+
 # --- per-phase mixtures -----------------------------------------------------------------------
 
 
