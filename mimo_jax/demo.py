@@ -30,13 +30,18 @@ import numpy as np
 import soundfile
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mimo_jax_demo", "Where everything is written.")
-_CONFIGS = flags.DEFINE_string("configs_dir", "experiments/configs",
-                               "Folder of the experiment configs (codec_tiny.py, demo.py).")
-_UTTERANCES = flags.DEFINE_integer("utterances", 64, "Corpus size (the last 2 are held out).")
-_CODEC_STEPS = flags.DEFINE_integer("codec_steps", 300, "Codec training steps.")
-_LM_STEPS = flags.DEFINE_integer("lm_steps", 300, "Speech LM steps per phase.")
-_MAX_NEW = flags.DEFINE_integer("max_new", 48, "LLM steps of generation per answer.")
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command)."""
+  flags.DEFINE_string("workdir", "/tmp/mimo_jax_demo", "Where everything is written.")
+  flags.DEFINE_string("configs_dir", "experiments/configs",
+                      "Folder of the experiment configs (codec_tiny.py, demo.py).")
+  flags.DEFINE_integer("utterances", 64, "Corpus size (the last 2 are held out).")
+  flags.DEFINE_integer("codec_steps", 300, "Codec training steps.")
+  flags.DEFINE_integer("lm_steps", 300, "Speech LM steps per phase.")
+  flags.DEFINE_integer("max_new", 48, "LLM steps of generation per answer.")
+
 
 HELD_OUT = 2
 # The demo codec: 8 RVQ stages as the LM reads, with small codebooks (the sizes
@@ -83,7 +88,7 @@ def _train_tokenizer(manifest: str, out_dir: str) -> None:
 
 
 def _generate(workdir: str, phase2: str, codec: str, tokenizer: str, corpus: str,
-              held_out: list[dict]) -> dict:
+              held_out: list[dict], max_new: int) -> dict:
   """TTS of a held-out sentence and ASR of a held-out clip, in the pre-training formats the
   tiny model was trained on (it has seen no SFT chat data)."""
   from mimo_jax.data import templates
@@ -93,7 +98,7 @@ def _generate(workdir: str, phase2: str, codec: str, tokenizer: str, corpus: str
   wav, sr = soundfile.read(os.path.join(corpus, clip["audio"]), dtype="float32")
   tts_prompt = templates.tts(mimo.fmt, sentence)
   asr_prompt = templates.asr(mimo.fmt, mimo.encode_audio(wav, sr))
-  tts, asr = mimo.generate([tts_prompt, asr_prompt], max_new=_MAX_NEW.value)
+  tts, asr = mimo.generate([tts_prompt, asr_prompt], max_new=max_new)
   wav_path = os.path.join(workdir, "tts_sample.wav")
   soundfile.write(wav_path, np.asarray(tts.wav, np.float32), mimo.codec_cfg.sampling_rate)
   return {"tts_text": sentence, "tts_wav": wav_path,
@@ -104,22 +109,23 @@ def _generate(workdir: str, phase2: str, codec: str, tokenizer: str, corpus: str
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  workdir = os.path.abspath(_WORKDIR.value)
-  configs = os.path.abspath(_CONFIGS.value)
+  f = flags.FLAGS
+  workdir = os.path.abspath(f.workdir)
+  configs = os.path.abspath(f.configs_dir)
   for name in ("codec_tiny.py", "demo.py"):
     if not os.path.isfile(os.path.join(configs, name)):
-      raise app.UsageError(f"--configs_dir={_CONFIGS.value} has no {name}: run from the "
+      raise app.UsageError(f"--configs_dir={f.configs_dir} has no {name}: run from the "
                            f"repository root or point --configs_dir at experiments/configs")
   os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
   corpus, tokenizer = os.path.join(workdir, "corpus"), os.path.join(workdir, "tokenizer")
   codec, shards = os.path.join(workdir, "codec"), os.path.join(workdir, "shards")
   phase1, phase2 = os.path.join(workdir, "lm_phase1"), os.path.join(workdir, "lm_phase2")
   lm_flags = [f"--config={configs}/demo.py", f"--config.data.path={shards}",
-              f"--config.data.tokenizer={tokenizer}", f"--config.train.steps={_LM_STEPS.value}"]
+              f"--config.data.tokenizer={tokenizer}", f"--config.train.steps={f.lm_steps}"]
   print(f"MiMo-Audio tiny demo in {workdir}", flush=True)
   seconds = {}
   seconds["corpus"] = _run_stage("corpus", [
-      "mimo_jax.data.corpus", f"--output={corpus}", f"--num_utterances={_UTTERANCES.value}",
+      "mimo_jax.data.corpus", f"--output={corpus}", f"--num_utterances={f.utterances}",
       "--languages=en"], workdir)
   train_manifest, held_out = _split_corpus(corpus)
   start = time.time()
@@ -127,7 +133,7 @@ def main(argv):
   seconds["tokenizer"] = time.time() - start
   seconds["codec"] = _run_stage("codec", [
       "mimo_jax.train_codec", f"--config={configs}/codec_tiny.py", f"--workdir={codec}",
-      f"--config.data.manifest={train_manifest}", f"--config.steps={_CODEC_STEPS.value}",
+      f"--config.data.manifest={train_manifest}", f"--config.steps={f.codec_steps}",
       "--config.codec.overrides.num_quantizers=8",
       f"--config.codec.overrides.codebook_size={CODEBOOK_SIZES}"], workdir)
   codec_export = os.path.join(codec, "export")
@@ -141,7 +147,8 @@ def main(argv):
       "mimo_jax.train", *lm_flags, "--config.train.phase=generation", f"--init_from={phase1}",
       f"--workdir={phase2}"], workdir)
   start = time.time()
-  samples = _generate(workdir, phase2, codec_export, tokenizer, corpus, held_out)
+  samples = _generate(workdir, phase2, codec_export, tokenizer, corpus, held_out,
+                      f.max_new)
   seconds["generate"] = time.time() - start
   report = {"seconds": seconds, "samples": samples,
             "codec": _last_metrics(codec), "phase1": _last_metrics(phase1),
@@ -162,4 +169,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -25,48 +25,52 @@ from mimo_jax.data import manifest, pretokenize
 from mimo_jax.data.audio import AudioLimits
 from mimo_jax.data.tokenizer import TextTokenizer, TokenizerError
 
-_MANIFEST = flags.DEFINE_string("manifest", None, "JSONL manifest or LibriSpeech/LibriTTS folder.",
-                                required=True)
-_CKPT = flags.DEFINE_string("codec_ckpt", None, "Official tokenizer (codec) folder.",
-                            required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder for shards and the report (local or "
-                              "gs://).", required=True)
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder with one; default "
-                                 "the MiMo-Audio text tokenizer.")
-_PER_SHARD = flags.DEFINE_integer("records_per_shard", 256, "Source records per shard.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Clips per codec encode call.")
-_LOAD_THREADS = flags.DEFINE_integer("load_threads", 4, "Threads reading and resampling audio.")
-_N_Q = flags.DEFINE_integer("n_q", 8, "RVQ stages to keep.")
-_MAX_TEXT = flags.DEFINE_integer("max_text_tokens", 4096, "Longer transcripts are skipped.")
-_MIN_S = flags.DEFINE_float("min_seconds", 0.5, "Shorter clips are skipped.")
-_MAX_S = flags.DEFINE_float("max_seconds", 60.0, "Longer clips are skipped.")
-_SILENCE = flags.DEFINE_float("silence_peak", 1e-4, "Clips with no |sample| above this are "
-                              "skipped as silent.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() and take "
-                                 "this host's share by jax.process_index().")
-_INDEX = flags.DEFINE_integer("process_index", None, "This host's index (default: JAX's).")
-_COUNT = flags.DEFINE_integer("process_count", None, "Number of hosts (default: JAX's).")
-_PROGRESS = flags.DEFINE_float("progress_interval", 10.0, "Seconds between progress lines.")
+
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so importing this module adds no
+  flags to another program's)."""
+  flags.DEFINE_string("manifest", None, "JSONL manifest or LibriSpeech/LibriTTS folder.",
+                      required=True)
+  flags.DEFINE_string("codec_ckpt", None, "Official tokenizer (codec) folder.", required=True)
+  flags.DEFINE_string("output", None, "Output folder for shards and the report (local or gs://).",
+                      required=True)
+  flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder with one; default the "
+                      "MiMo-Audio text tokenizer.")
+  flags.DEFINE_integer("records_per_shard", 256, "Source records per shard.")
+  flags.DEFINE_integer("batch_size", 8, "Clips per codec encode call.")
+  flags.DEFINE_integer("load_threads", 4, "Threads reading and resampling audio.")
+  flags.DEFINE_integer("n_q", 8, "RVQ stages to keep.")
+  flags.DEFINE_integer("max_text_tokens", 4096, "Longer transcripts are skipped.")
+  flags.DEFINE_float("min_seconds", 0.5, "Shorter clips are skipped.")
+  flags.DEFINE_float("max_seconds", 60.0, "Longer clips are skipped.")
+  flags.DEFINE_float("silence_peak", 1e-4, "Clips with no |sample| above this are skipped as "
+                     "silent.")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() and take this "
+                    "host's share by jax.process_index().")
+  flags.DEFINE_integer("process_index", None, "This host's index (default: JAX's).")
+  flags.DEFINE_integer("process_count", None, "Number of hosts (default: JAX's).")
+  flags.DEFINE_float("progress_interval", 10.0, "Seconds between progress lines.")
 
 
-def run() -> int:
+def run(f: flags.FlagValues) -> int:
+  """Pre-tokenises what the parsed flags `f` say; returns the exit status."""
   try:
     settings = pretokenize.Settings(
-        records_per_shard=_PER_SHARD.value, n_q=_N_Q.value, max_text_tokens=_MAX_TEXT.value,
-        limits=AudioLimits(_MIN_S.value, _MAX_S.value, _SILENCE.value))
-    if _DISTRIBUTED.value:
+        records_per_shard=f.records_per_shard, n_q=f.n_q, max_text_tokens=f.max_text_tokens,
+        limits=AudioLimits(f.min_seconds, f.max_seconds, f.silence_peak))
+    if f.distributed:
       jax.distributed.initialize()
-    index = jax.process_index() if _INDEX.value is None else _INDEX.value
-    count = jax.process_count() if _COUNT.value is None else _COUNT.value
-    tokenizer = TextTokenizer.load(_TOKENIZER.value) if _TOKENIZER.value else TextTokenizer.mimo()
-    params, cfg = import_codec(_CKPT.value)
+    index = jax.process_index() if f.process_index is None else f.process_index
+    count = jax.process_count() if f.process_count is None else f.process_count
+    tokenizer = TextTokenizer.load(f.tokenizer) if f.tokenizer else TextTokenizer.mimo()
+    params, cfg = import_codec(f.codec_ckpt)
     skips = manifest.Skips()
-    records = manifest.read_source(_MANIFEST.value, skips)
-    pretokenize.run(records, skips, _OUTPUT.value, params, cfg,
+    records = manifest.read_source(f.manifest, skips)
+    pretokenize.run(records, skips, f.output, params, cfg,
                     functools.partial(tokenizer.encode, special=False), settings,
-                    batch_size=_BATCH.value, load_threads=_LOAD_THREADS.value,
+                    batch_size=f.batch_size, load_threads=f.load_threads,
                     process_index=index, process_count=count,
-                    source=_MANIFEST.value, progress_interval=_PROGRESS.value)
+                    source=f.manifest, progress_interval=f.progress_interval)
   except (ConfigError, ConversionError, CheckpointPathError, TokenizerError, ValueError,
           OSError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -75,9 +79,11 @@ def run() -> int:
 
 
 def main(argv):
-  del argv
-  sys.exit(run())
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  sys.exit(run(flags.FLAGS))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -20,13 +20,17 @@ from mimo_jax.config import ConfigError
 from mimo_jax.convert.names import ConversionError
 from mimo_jax.convert.safetensors_io import CheckpointPathError
 
-_CKPT = flags.DEFINE_string("codec_ckpt", None, "Official tokenizer folder.", required=True)
-_INPUT = flags.DEFINE_string("input", None, "Audio file, or codes .npy with --decode.",
-                             required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Codes .npy, or an audio file with --decode.",
-                              required=True)
-_DECODE = flags.DEFINE_bool("decode", False, "Decode codes to audio instead of encoding.")
-_N_Q = flags.DEFINE_integer("n_q", api.DEFAULT_N_Q, "RVQ stages to keep when encoding.")
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so importing this module adds no
+  flags to another program's)."""
+  flags.DEFINE_string("codec_ckpt", None, "Official tokenizer folder.", required=True)
+  flags.DEFINE_string("input", None, "Audio file, or codes .npy with --decode.", required=True)
+  flags.DEFINE_string("output", None, "Codes .npy, or an audio file with --decode.",
+                      required=True)
+  flags.DEFINE_bool("decode", False, "Decode codes to audio instead of encoding.")
+  flags.DEFINE_integer("n_q", api.DEFAULT_N_Q, "RVQ stages to keep when encoding.")
 
 
 def _load_codes(path: str) -> np.ndarray:
@@ -36,19 +40,20 @@ def _load_codes(path: str) -> np.ndarray:
     raise ValueError(f"{path}: not a readable .npy file of codes ({e})") from None
 
 
-def run(argv) -> int:
-  del argv
+def run(codec_ckpt: str, input_path: str, output: str, decode: bool = False,
+        n_q: int = api.DEFAULT_N_Q) -> int:
+  """Encodes an audio file to codes (or decodes codes to audio); returns the exit status."""
   try:
-    params, cfg = import_codec(_CKPT.value)
-    if _DECODE.value:
-      wav = api.decode(params, cfg, _load_codes(_INPUT.value))
-      soundfile.write(_OUTPUT.value, wav, cfg.sampling_rate)
-      print(f"{_OUTPUT.value}: {len(wav) / cfg.sampling_rate:.2f} s at {cfg.sampling_rate} Hz")
+    params, cfg = import_codec(codec_ckpt)
+    if decode:
+      wav = api.decode(params, cfg, _load_codes(input_path))
+      soundfile.write(output, wav, cfg.sampling_rate)
+      print(f"{output}: {len(wav) / cfg.sampling_rate:.2f} s at {cfg.sampling_rate} Hz")
     else:
-      wav, sr = api.load_audio(_INPUT.value)
-      codes = api.encode(params, cfg, wav, sr, n_q=_N_Q.value)
-      np.save(_OUTPUT.value, codes.astype(np.int32))
-      print(f"{_OUTPUT.value}: codes {codes.shape} ({len(codes) / cfg.frame_rate:.2f} s)")
+      wav, sr = api.load_audio(input_path)
+      codes = api.encode(params, cfg, wav, sr, n_q=n_q)
+      np.save(output, codes.astype(np.int32))
+      print(f"{output}: codes {codes.shape} ({len(codes) / cfg.frame_rate:.2f} s)")
   except (api.AudioError, ConfigError, ConversionError, CheckpointPathError, ValueError,
           OSError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -57,8 +62,12 @@ def run(argv) -> int:
 
 
 def main(argv):
-  sys.exit(run(argv))
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  sys.exit(run(f.codec_ckpt, f.input, f.output, f.decode, f.n_q))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -132,24 +132,35 @@ def build_corpus(output: str, num_utterances: int, seed: int = 0,
   return manifest
 
 
-_OUTPUT = flags.DEFINE_string("output", None, "Folder for manifest.jsonl and wavs/.",
-                              required=True)
-_NUM = flags.DEFINE_integer("num_utterances", 64, "Number of utterances to synthesise.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the sentence, language and voice choices.")
-_LANGUAGES = flags.DEFINE_list("languages", ["en", "zh"], "Languages to draw from.")
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so importing this module adds no
+  flags to another program's)."""
+  flags.DEFINE_string("output", None, "Folder for manifest.jsonl and wavs/.", required=True)
+  flags.DEFINE_integer("num_utterances", 64, "Number of utterances to synthesise.")
+  flags.DEFINE_integer("seed", 0, "Seed of the sentence, language and voice choices.")
+  flags.DEFINE_list("languages", ["en", "zh"], "Languages to draw from.")
+
+
+def run(output: str, num_utterances: int, seed: int, languages: tuple[str, ...]) -> int:
+  """Builds the corpus and prints a summary; returns the exit status."""
+  try:
+    manifest = build_corpus(output, num_utterances, seed, languages)
+  except (CorpusError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  with open(manifest, encoding="utf-8") as f:
+    hours = sum(json.loads(line)["duration"] for line in f) / 3600
+  print(f"{manifest}: {num_utterances} utterances, {hours * 60:.1f} min of audio")
+  return 0
 
 
 def main(argv):
-  del argv
-  try:
-    manifest = build_corpus(_OUTPUT.value, _NUM.value, _SEED.value, tuple(_LANGUAGES.value))
-  except (CorpusError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  with open(manifest, encoding="utf-8") as f:
-    hours = sum(json.loads(line)["duration"] for line in f) / 3600
-  print(f"{manifest}: {_NUM.value} utterances, {hours * 60:.1f} min of audio")
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  sys.exit(run(f.output, f.num_utterances, f.seed, tuple(f.languages)))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -3,31 +3,20 @@
 import numpy as np
 import pytest
 import soundfile
-from absl import flags
-from absl.testing import flagsaver
 
 from mimo_jax import tokenize
 from tests.codec.common import CLIP, TOKENIZER_DIR, official_io
-
-
-@pytest.fixture(autouse=True)
-def parsed_flags():
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
 
 
 def test_encode_then_decode_files(tmp_path):
   # clip.wav is 16 kHz: the CLI resamples it (librosa), so the codes are not the fixture's, which
   # start from torchaudio's resampling; their shape and the decoded length are fixed.
   codes_path, wav_path = str(tmp_path / "codes.npy"), str(tmp_path / "out.wav")
-  with flagsaver.flagsaver(codec_ckpt=TOKENIZER_DIR, input=CLIP, output=codes_path, n_q=4):
-    assert tokenize.run([]) == 0
+  assert tokenize.run(TOKENIZER_DIR, CLIP, codes_path, n_q=4) == 0
   codes = np.load(codes_path)
   assert codes.shape == (101, 4) and codes.dtype == np.int32
   np.save(codes_path, official_io()["codes"].T)
-  with flagsaver.flagsaver(codec_ckpt=TOKENIZER_DIR, input=codes_path, output=wav_path,
-                           decode=True):
-    assert tokenize.run([]) == 0
+  assert tokenize.run(TOKENIZER_DIR, codes_path, wav_path, decode=True) == 0
   wav, sr = soundfile.read(wav_path, dtype="float32")
   assert sr == 24000 and wav.shape == (101 * 960,)
 
@@ -40,13 +29,11 @@ def test_encode_then_decode_files(tmp_path):
      "not a readable .npy"),
 ])
 def test_bad_input_gives_a_one_line_error(tmp_path, capsys, make_input, decode, message):
-  with flagsaver.flagsaver(codec_ckpt=TOKENIZER_DIR, input=make_input(tmp_path),
-                           output=str(tmp_path / "out"), decode=decode):
-    assert tokenize.run([]) == 1
+  assert tokenize.run(TOKENIZER_DIR, make_input(tmp_path), str(tmp_path / "out"),
+                      decode=decode) == 1
   assert message in capsys.readouterr().err
 
 
 def test_bad_checkpoint_gives_a_one_line_error(tmp_path, capsys):
-  with flagsaver.flagsaver(codec_ckpt=str(tmp_path), input=CLIP, output=str(tmp_path / "c.npy")):
-    assert tokenize.run([]) == 1
+  assert tokenize.run(str(tmp_path), CLIP, str(tmp_path / "c.npy")) == 1
   assert "error: config: no config.json" in capsys.readouterr().err
