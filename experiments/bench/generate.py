@@ -142,8 +142,10 @@ def median(records: list[dict], key: str, cores: int) -> tuple[float, bool]:
   return statistics.median(use), len(clean) >= 2
 
 
-def bench_model(name: str, steps: int, repeats: int, cores: int, codec) -> list[dict]:
-  make, batches = MODELS[name]
+def bench_model(name: str, steps: int, repeats: int, cores: int, codec,
+                batches: tuple[int, ...] = ()) -> list[dict]:
+  make, default_batches = MODELS[name]
+  batches = batches or default_batches
   cfg = make()
   params = random_params(cfg)
   print(f"{name}: {n_params(params) / 1e6:.1f}M parameters")
@@ -223,6 +225,7 @@ def main():
   parser.add_argument("--models", default="tiny")
   parser.add_argument("--steps", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--batches", default="", help="Comma list overriding each model's batches.")
   args = parser.parse_args()
   cores = len(os.sched_getaffinity(0))
   loadavg_start = os.getloadavg()
@@ -230,7 +233,8 @@ def main():
   names = args.models.split(",")
   rows = [r for r in previous_rows() if r["model"] not in names]  # keep models not rerun
   for name in names:
-    rows += bench_model(name, args.steps, args.repeats, cores, codec)
+    rows += bench_model(name, args.steps, args.repeats, cores, codec,
+                        tuple(int(b) for b in args.batches.split(",") if b))
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=ROOT).stdout.strip()
   report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
