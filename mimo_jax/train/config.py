@@ -53,6 +53,9 @@ def defaults() -> ml_collections.ConfigDict:
           "dtype": "bfloat16",
           "param_dtype": "float32",
           "remat_policy": "none",
+          # Backbone attention without a KV cache: "xla" | "splash" (TPU Pallas kernel) |
+          # "chunked" (query chunks, any backend); see mimo_jax.nn.attention.self_attend.
+          "attention": "xla",
           # Shape overrides on top of the preset (official config.json keys), e.g. for small_1b.
           "overrides": ml_collections.ConfigDict(),
       },
@@ -132,7 +135,8 @@ def defaults() -> ml_collections.ConfigDict:
 def model_from(cfg: ml_collections.ConfigDict) -> MimoAudioConfig:
   """The MimoAudioConfig a config's `model` block describes."""
   m = cfg.model
-  runtime = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat_policy": m.remat_policy}
+  runtime = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat_policy": m.remat_policy,
+             "attention": m.attention}
   overrides = dict(m.overrides)
   if m.preset:
     base = model_config.preset(m.preset)
