@@ -224,7 +224,10 @@ class MimoAudio:
 
 def _load_run(run_dir: str, runtime: dict, step: int | None) -> tuple[MimoAudioConfig, dict]:
   """The model config (from `run.json`) and params (Orbax) of a training run directory."""
-  from mimo_jax.train.checkpoint import restore_params  # noqa: PLC0415 (orbax only when used)
+  # Orbax and the training stack are imported only when a run is loaded.
+  from mimo_jax.train.checkpoint import restore_params  # noqa: PLC0415
+  from mimo_jax.train.loop import refuse_lora_run  # noqa: PLC0415
+  refuse_lora_run(run_dir, "--ckpt")
   run_json = os.path.join(run_dir, "run.json")
   if not os.path.isfile(run_json):
     raise ConfigError(f"--ckpt={run_dir}: neither an official folder (config.json) nor a "

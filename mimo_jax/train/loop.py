@@ -103,8 +103,23 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     logging.info("logs (metrics.jsonl, TensorBoard, loss curve) go to %s", logs)
 
 
+def refuse_lora_run(run_dir: str, flag: str) -> None:
+  """A LoRA run's `params` item is the frozen base model (the adapters are saved with the
+  optimizer state): loading it alone would silently drop the fine-tuning."""
+  run_json = os.path.join(run_dir, "run.json")
+  if not os.path.isfile(run_json):
+    return
+  with open(run_json) as f:
+    rank = json.load(f)["optimizer"]["lora_rank"]
+  if rank:
+    raise ConfigError(f"{flag}={run_dir}: this run trained LoRA adapters (rank {rank}) and its "
+                      f"params checkpoint is the frozen base; export it with the adapters "
+                      f"merged (python -m mimo_jax.train ... --export_dir=DIR) and use DIR")
+
+
 def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
   """Params from another run's Orbax checkpoint or from an official safetensors folder."""
+  refuse_lora_run(init_from, "--init_from")
   if os.path.exists(os.path.join(init_from, "config.json")):
     logging.info("init_from: importing official safetensors from %s", init_from)
     params, _ = import_checkpoint(init_from, setup.model, specs_fn=lm_model.param_specs)
