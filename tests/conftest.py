@@ -1,10 +1,16 @@
 """Test set-up: 8 fake CPU devices for the sharding tests; paths of the shipped fixtures."""
 
 import os
+import tempfile
 
 # Must happen before JAX initialises its backends.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
+
+# One persistent compilation cache per pytest session, inherited by the subprocesses the tests
+# start (launcher restarts, multi-process runs): the same step is compiled once, not per process.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"mimo_jax_tests_{os.getpid()}_jax_cache"))
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
