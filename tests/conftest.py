@@ -9,8 +9,8 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 
 # One persistent compilation cache per pytest session, inherited by the subprocesses the tests
 # start (launcher restarts, multi-process runs): the same step is compiled once, not per process.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"mimo_jax_tests_{os.getpid()}_jax_cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"mimo_jax_tests_{os.getpid()}_jax_cache"))
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
