@@ -142,3 +142,8 @@ def test_in_context_s2s_prompt_has_the_official_shape(mimo):
   assert text(segments[10]) == "\n<|sostm|>"
   np.testing.assert_array_equal(segments[3].codes_tc, shots[0][1])
   assert text(segments[3]) == "ok"
+
+
+def test_package_exposes_mimo_audio():
+  import mimo_jax  # noqa: PLC0415
+  assert mimo_jax.MimoAudio is MimoAudio
