@@ -146,4 +146,4 @@ def test_in_context_s2s_prompt_has_the_official_shape(mimo):
 
 def test_package_exposes_mimo_audio():
   import mimo_jax  # noqa: PLC0415
-  assert mimo_jax.MimoAudio is MimoAudio
+  assert mimo_jax.MimoAudio is inference.MimoAudio
