@@ -109,6 +109,8 @@ def _generate(workdir: str, phase2: str, codec: str, tokenizer: str, corpus: str
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from mimo_jax.train.checkpoint import quiet_orbax_logs  # noqa: PLC0415 (orbax only when run)
+  quiet_orbax_logs()  # the generation stage restores the phase-2 run in this process
   f = flags.FLAGS
   workdir = os.path.abspath(f.workdir)
   configs = os.path.abspath(f.configs_dir)

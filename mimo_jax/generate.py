@@ -129,6 +129,8 @@ def run(task: str, *, ckpt: str, codec_ckpt: str, tokenizer: str | None = None,
 
 def main(argv):
   del argv
+  from mimo_jax.train.checkpoint import quiet_orbax_logs  # noqa: PLC0415 (orbax only when run)
+  quiet_orbax_logs()
   f = flags.FLAGS
   sys.exit(run(f.task, ckpt=f.ckpt, codec_ckpt=f.codec_ckpt, tokenizer=f.tokenizer, text=f.text,
                audio=f.audio, output=f.output, max_new=f.max_new, seed=f.seed, dtype=f.dtype,

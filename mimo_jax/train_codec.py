@@ -53,7 +53,7 @@ from mimo_jax.codec.api import AudioError
 from mimo_jax.data import audio as data_audio
 from mimo_jax.data import manifest
 from mimo_jax.nn.params import init_params, logical_axes
-from mimo_jax.train.checkpoint import Checkpointer, abstract_like
+from mimo_jax.train.checkpoint import Checkpointer, abstract_like, quiet_orbax_logs
 
 CHECKPOINT_DIR = "checkpoints"
 STATE = "state"
@@ -385,9 +385,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  # Orbax logs every file of every save at INFO: keep its warnings and errors only.
-  logging.get_absl_handler().addFilter(
-      lambda record: "orbax" not in record.pathname or record.levelno >= logging.WARNING)
+  quiet_orbax_logs()
   args = flags.FLAGS
   config = args.config
   if config is None:

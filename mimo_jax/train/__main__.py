@@ -50,17 +50,11 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def _quiet_orbax() -> None:
-  """Orbax logs every file of every save at INFO; keep its warnings and errors only."""
-  import logging as pylogging
-  logging.get_absl_handler().addFilter(
-      lambda record: "orbax" not in record.pathname or record.levelno >= pylogging.WARNING)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  _quiet_orbax()
+  from mimo_jax.train.checkpoint import quiet_orbax_logs
+  quiet_orbax_logs()
   config_file = config_flags.get_config_filename(flags.FLAGS["config"])
   if not os.path.isfile(config_file):
     print(f"error: --config={config_file}: no such file", file=sys.stderr)

@@ -18,14 +18,23 @@ alone (phase 2 from phase 1, generation) and leave the optimizer behind.
 
 from __future__ import annotations
 
+import logging as pylogging
 from typing import Any, Mapping
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 DATA_ITEM = "data"
+
+
+def quiet_orbax_logs() -> None:
+  """Orbax logs every file of every save and restore at INFO; commands keep its warnings and
+  errors only."""
+  logging.get_absl_handler().addFilter(
+      lambda record: "orbax" not in record.pathname or record.levelno >= pylogging.WARNING)
 
 
 class CheckpointError(RuntimeError):
