@@ -11,6 +11,10 @@ positions. The planner's report for both phases is in experiments/results/plan_7
   python -m mimo_jax.plan --config=experiments/configs/7b_v5e_256.py --topology=v5e-256 \
       --phase=understanding   # or generation
 
+Phase 1 fits (7.4 GiB peak per chip). Phase 2 does NOT fit yet: 16.7 GiB, 0.9 GiB over, with XLA
+or splash attention alike (the patch decoder's activations are what grow); it needs a
+sequence-sharded or lighter-rematerialised patch decoder, or a v5p/v4 slice.
+
 Phase 1 (understanding) by default; phase 2: --config.train.phase=generation
 --config.train.steps=298000 --config.data.path=gs://BUCKET/shards/phase2 (spec §5.1: 2.6T and
 5T tokens). Launch on every worker with tpu_setup/tpu.sh run (see tpu_setup/README.md).
