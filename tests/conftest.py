@@ -7,6 +7,10 @@ import tempfile
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 
+# The planner tests compile for abstract TPUs: libtpu's host-wide lock must not block them when
+# another JAX process (a test's subprocess) holds it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 # One persistent compilation cache per pytest session, inherited by the subprocesses the tests
 # start (launcher restarts, multi-process runs): the same step is compiled once, not per process.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(

@@ -20,26 +20,11 @@ Phase 1 (understanding) by default; phase 2: --config.train.phase=generation
 5T tokens). Launch on every worker with tpu_setup/tpu.sh run (see tpu_setup/README.md).
 """
 
-from mimo_jax.train.config import defaults
+from mimo_jax.train.config import recipe_7b
 
 
 def get_config():
-  cfg = defaults()
-  cfg.model.preset = "7b"
-  cfg.model.dtype = "bfloat16"
-  cfg.model.param_dtype = "float32"
-  cfg.model.remat_policy = "full"
-  cfg.train.phase = "understanding"
-  cfg.train.steps = 155_000  # 2.6T tokens / 16.8M per step
-  cfg.train.batch_size = 2048
-  cfg.train.positions = 8192
+  cfg = recipe_7b()
   cfg.train.grad_accum_steps = 64
-  cfg.loss.text_chunk_size = 1024
-  cfg.data.source = "shards"
-  cfg.data.path = "gs://BUCKET/shards/phase1"
-  cfg.data.empty_id = 151667  # <|empty|> of the MiMo tokenizer (spec §2.1)
-  cfg.checkpoint.every_steps = 500
-  cfg.checkpoint.keep = 3
-  cfg.log.every_steps = 10
   cfg.mesh = "data:1,fsdp:32,tensor:8"
   return cfg

@@ -132,6 +132,31 @@ def defaults() -> ml_collections.ConfigDict:
   })
 
 
+def recipe_7b() -> ml_collections.ConfigDict:
+  """MiMo-Audio 7B pre-training (spec §5.1), phase 1 by default: 16.8M tokens per optimizer step
+  (2048 sequences x 8192 LLM positions), bf16 compute over fp32 master weights and Adam moments,
+  every decoder layer rematerialised, the text cross-entropy over the 151,680-entry vocabulary in
+  chunks of 1024 positions. Each `experiments/configs/7b_<slice>.py` adds its mesh and how many
+  micro-batches the slice needs."""
+  cfg = defaults()
+  cfg.model.preset = "7b"
+  cfg.model.dtype = "bfloat16"
+  cfg.model.param_dtype = "float32"
+  cfg.model.remat_policy = "full"
+  cfg.train.phase = "understanding"
+  cfg.train.steps = 155_000  # 2.6T tokens / 16.8M per step
+  cfg.train.batch_size = 2048
+  cfg.train.positions = 8192
+  cfg.loss.text_chunk_size = 1024
+  cfg.data.source = "shards"
+  cfg.data.path = "gs://BUCKET/shards/phase1"
+  cfg.data.empty_id = 151667  # <|empty|> of the MiMo tokenizer (spec §2.1)
+  cfg.checkpoint.every_steps = 500
+  cfg.checkpoint.keep = 3
+  cfg.log.every_steps = 10
+  return cfg
+
+
 def model_from(cfg: ml_collections.ConfigDict) -> MimoAudioConfig:
   """The MimoAudioConfig a config's `model` block describes."""
   m = cfg.model
