@@ -17,6 +17,7 @@ from jax.sharding import NamedSharding
 from mimo_jax import config, sharding
 from mimo_jax.lm import backbone
 from mimo_jax.nn.params import abstract_params, logical_axes
+from mimo_jax.lm import flops as lm_flops
 from mimo_jax.plan import flops, report, topology
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -114,7 +115,7 @@ def test_backbone_jaxpr_flops_match_6n_tokens(remat):
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1))
 
   counted = flops.count_flops(jax.grad(loss), params, tokens).flops
-  analytic = flops.backbone_train_flops(cfg, 2, 32)
+  analytic = lm_flops.backbone_train_flops(cfg, 2, 32)
   if remat == "none":
     assert abs(counted / analytic - 1) < 0.05
   else:
@@ -169,7 +170,7 @@ def _backbone_step_spec(cfg, mesh, rows=8, length=32):
   fn = jax.jit(step, in_shardings=(shardings, rows_sharding), out_shardings=(shardings, None),
                donate_argnums=0)
   return report.StepSpec("backbone", fn, (params, tokens), {"params": params, "batch": tokens},
-                         rows * length, flops.backbone_train_flops(cfg, rows, length))
+                         rows * length, lm_flops.backbone_train_flops(cfg, rows, length))
 
 
 @needs_libtpu

@@ -13,7 +13,7 @@ a GPU or TPU host when run there). Two models:
 each in phase 1 (`understanding`: text loss, patch decoder frozen) and phase 2 (`generation`: all
 losses). Synthetic batches (half the positions audio patches). Tokens are LLM positions (one text
 token or one 4-frame audio patch each). FLOPs are the analytic model count of
-`mimo_jax.train.metrics.train_flops` (3 x forward, remat not counted).
+`mimo_jax.lm.flops.train_flops` (forward + backward, remat not counted).
 
 Runs of one model are timed in interleaved rounds, and every call records the CPU-seconds other
 processes took meanwhile (benchlib), since this machine is shared.
@@ -36,6 +36,7 @@ import numpy as np
 from benchlib import cpu_seconds, is_clean, load_since, machine_info, time_interleaved, \
     write_results
 from mimo_jax import sharding
+from mimo_jax.lm import flops as lm_flops
 from mimo_jax.train import config as train_config
 from mimo_jax.train import data, metrics
 from mimo_jax.train.state import TrainSetup, create_state
@@ -77,7 +78,7 @@ def prepare(cfg, phase: str, steps_per_call: int, mesh):
       holder["i"] += 1
     return {"loss": float(m["loss"])}
 
-  flops = metrics.train_flops(setup.model, setup.loss, t.batch_size, t.positions)
+  flops = lm_flops.train_flops(setup.model, t.batch_size, t.positions, setup.loss.trains_audio)
   n_params = sum(x.size for x in jax.tree.leaves(holder["state"]["params"]))
   return run, {"tokens_per_step": t.batch_size * t.positions, "flops_per_step": flops,
                "param_count": n_params, "batch": t.batch_size, "positions": t.positions,
@@ -120,7 +121,7 @@ def markdown(report: dict) -> str:
       "",
       "The step `python -m mimo_jax.train` runs (AdamW per group, clipping, NaN guard, donated "
       "state), synthetic batches. Tokens = LLM positions (6.25 Hz). Model FLOPs: analytic "
-      "(3 x forward, no remat). MFU needs the chip's peak (`metrics.PEAK_FLOPS`); CPUs have "
+      "(forward + backward, no remat). MFU needs the chip's peak (`metrics.PEAK_FLOPS`); CPUs have "
       "none, so it is n/a there. Our CPU-s/step is the CPU time this process used per step: "
       "other processes' load stretches the wall time far more than it.",
       "",

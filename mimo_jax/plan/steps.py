@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mimo_jax import sharding
 from mimo_jax.lm import generate, model
 from mimo_jax.nn.params import abstract_params, logical_axes
-from mimo_jax.plan import flops
+from mimo_jax.lm import flops
 from mimo_jax.plan.report import StepSpec
 from mimo_jax.train import config as train_config
 from mimo_jax.train import step as train_step
@@ -60,8 +60,8 @@ def train_spec(cfg: ml_collections.ConfigDict, mesh: Mesh) -> StepSpec:
   return StepSpec(
       name=f"train/{t.phase}", fn=step.fn, args=(state, step.abstract_batch), parts=parts,
       tokens=t.batch_size * t.positions,
-      analytic_flops=flops.mimo_train_flops(setup.model, t.batch_size, t.positions,
-                                            setup.loss.trains_audio),
+      analytic_flops=flops.train_flops(setup.model, t.batch_size, t.positions,
+                                       setup.loss.trains_audio),
       model_flop_fn=no_remat.fn, notes=tuple(notes))
 
 

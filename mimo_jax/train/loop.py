@@ -35,6 +35,7 @@ from jax.experimental import multihost_utils
 from mimo_jax import sharding
 from mimo_jax.config import ConfigError, MimoAudioConfig, load_config
 from mimo_jax.convert.hf import export_checkpoint, import_checkpoint
+from mimo_jax.lm import flops as lm_flops
 from mimo_jax.lm import model as lm_model
 from mimo_jax.nn.params import logical_axes
 from mimo_jax.train import config as train_config
@@ -244,7 +245,8 @@ def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step:
   reporter = metrics.Reporter(
       jsonl, os.path.join(logs, "tensorboard") if cfg.log.tensorboard else None,
       total_steps=t.steps, every=cfg.log.every_steps, tokens_per_step=t.batch_size * t.positions,
-      flops_per_step=metrics.train_flops(setup.model, setup.loss, t.batch_size, t.positions),
+      flops_per_step=lm_flops.train_flops(setup.model, t.batch_size, t.positions,
+                                          setup.loss.trains_audio),
       peak=metrics.peak_flops(cfg.log.chip), n_chips=jax.device_count(), start_step=start)
   logging.info("training %s from step %d to %d on mesh %s (%d processes); batch %d x %d "
                "positions", t.phase, start, t.steps, dict(train_step.batch_shardings[

@@ -17,7 +17,6 @@ import jax
 import numpy as np
 from absl import logging
 
-from mimo_jax.config import LossConfig, MimoAudioConfig, StackConfig
 
 # Dense bf16 peak FLOP/s per chip (vendor data sheets). Keys match jax's device_kind, lower-case.
 PEAK_FLOPS = {
@@ -41,29 +40,6 @@ def peak_flops(chip: str = "") -> float | None:
     if kind.startswith(name):
       return PEAK_FLOPS[name]
   return None
-
-
-def _stack_forward_flops(stack: StackConfig, sequences: int, tokens: int) -> float:
-  d, q, kv = stack.d_model, stack.n_heads * stack.head_dim, stack.n_kv_heads * stack.head_dim
-  matmul_params = d * q + 2 * d * kv + q * d + 3 * d * stack.d_ff
-  per_layer = 2 * sequences * tokens * matmul_params + 4 * sequences * tokens * tokens * q
-  return stack.n_layers * per_layer
-
-
-def train_flops(cfg: MimoAudioConfig, loss_cfg: LossConfig, batch: int, positions: int) -> float:
-  """Model FLOPs of one train step over [batch, positions] (forward + backward = 3 x forward)."""
-  g, n = cfg.group_size, batch * positions
-  enc, dec = cfg.patch_encoder, cfg.patch_decoder
-  forward = _stack_forward_flops(cfg.backbone, batch, positions)
-  forward += 2 * n * cfg.hidden_size * cfg.vocab_size  # lm_head
-  forward += _stack_forward_flops(enc, n, g)  # the patch encoder runs on every position
-  forward += 2 * n * g * enc.d_model * cfg.hidden_size  # speech_group_downcast
-  if loss_cfg.trains_audio:
-    steps = g + max(cfg.delay_pattern)
-    forward += 2 * n * cfg.hidden_size * dec.d_model  # hidden_states_downcast
-    forward += _stack_forward_flops(dec, n, steps)
-    forward += 2 * n * steps * dec.d_model * sum(cfg.speech_vocab_size)  # the 8 heads
-  return 3.0 * forward
 
 
 class Reporter:
