@@ -19,7 +19,7 @@ weights decide which channels count; each document ends with `<|endoftext|>`):
 |---|---|---|
 | `interleaved` | stream(text, audio) | `<|sostm|>` |
 | `asr` | audio span, `\\n`, transcript | `\\n` |
-| `audio_caption` | audio span, `\\n`, caption | `\\n` |
+| `audio_caption` | audio span, `\\nDescription: `, caption | `\\nDescription: ` |
 | `tts` | text, `\\n`, stream(text, audio) | `<|sostm|>` |
 | `speech_continuation` | one span: prompt audio + continuation | prompt audio (span open) |
 | `text` | prompt text + continuation | the prompt text |
@@ -195,17 +195,20 @@ def interleaved(fmt: Formatter, text: str | None = None, audio_tc: np.ndarray | 
 
 def asr(fmt: Formatter, audio_tc: np.ndarray, text: str | None = None) -> Example:
   """ASR (pre-training): the audio span, a newline, then the transcript."""
-  return _audio_to_text(fmt, "asr", audio_tc, text)
+  return _audio_to_text(fmt, "asr", audio_tc, text, "\n")
 
 
 def audio_caption(fmt: Formatter, audio_tc: np.ndarray, caption: str | None = None) -> Example:
-  """Audio captioning (pre-training): the audio span, a newline, then a description of it."""
-  return _audio_to_text(fmt, "audio_caption", audio_tc, caption)
+  """Audio captioning (pre-training): the audio span, `\\nDescription: `, then a description.
+  The cue keeps its prompt apart from ASR's: with the same prompt a model cannot know whether
+  to transcribe or describe."""
+  return _audio_to_text(fmt, "audio_caption", audio_tc, caption, "\nDescription: ")
 
 
-def _audio_to_text(fmt: Formatter, task: str, audio_tc: np.ndarray, text: str | None) -> Example:
+def _audio_to_text(fmt: Formatter, task: str, audio_tc: np.ndarray, text: str | None,
+                   cue: str) -> Example:
   _require(task, audio_tc=audio_tc)
-  prompt = [AudioSegment(audio_tc), fmt.markup("\n")]
+  prompt = [AudioSegment(audio_tc), fmt.markup(cue)]
   if text is None:
     return _example(fmt, task, prompt, None, [], (_EOS,), True)
   _require(task, text=text)

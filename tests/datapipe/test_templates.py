@@ -60,7 +60,8 @@ CASES = [
     ("asr", lambda f: T.asr(f, A, "hello world"), lambda f: T.asr(f, A),
      [("audio", None, A), ("text", "\nhello world" + EOS, None)]),
     ("audio_caption", lambda f: T.audio_caption(f, B, "a dog barks"),
-     lambda f: T.audio_caption(f, B), [("audio", None, B), ("text", "\na dog barks" + EOS, None)]),
+     lambda f: T.audio_caption(f, B), [("audio", None, B),
+                                       ("text", "\nDescription: a dog barks" + EOS, None)]),
     ("tts", lambda f: T.tts(f, "good morning", A), lambda f: T.tts(f, "good morning"),
      [("text", "good morning\n", None), ("stream", "good morning", A), ("text", EOS, None)]),
     ("speech_continuation", lambda f: T.speech_continuation(f, A[:8], B),
@@ -108,6 +109,12 @@ def test_prompts_end_where_the_model_continues(fmt):
   np.testing.assert_array_equal(layout.patch_codes(cont.ids_kl, fmt.layout)[1:].reshape(-1, 8),
                                 A[:8])
   assert tok.eosp in cont.stop_tokens
+
+
+def test_each_pretraining_task_has_its_own_prompt(fmt):
+  # A model told nothing but the audio cannot know whether to transcribe or describe it.
+  asr, caption = T.asr(fmt, A), T.audio_caption(fmt, A)
+  assert asr.ids_kl.shape != caption.ids_kl.shape or (asr.ids_kl != caption.ids_kl).any()
 
 
 @pytest.mark.parametrize("name", ["interleaved", "asr", "audio_caption", "tts",
@@ -233,7 +240,8 @@ def test_phase_mixtures(fmt):
       tasks.add(ex.task)
     assert tasks <= set(T.PHASE_MIXTURES[phase]) and len(tasks) > 1
   caption = _read(T.render(fmt, "audio_caption", utt, np.random.default_rng(0)), fmt)[1][1]
-  assert caption == "\nSpeech in English by speaker en_us_m3, 1.6 seconds long." + EOS
+  assert caption == ("\nDescription: Speech in English by speaker en_us_m3, 1.6 seconds long."
+                     + EOS)
 
 
 @pytest.fixture(scope="module")
