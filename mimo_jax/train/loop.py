@@ -111,7 +111,7 @@ def refuse_lora_run(run_dir: str, flag: str) -> None:
   if not os.path.isfile(run_json):
     return
   with open(run_json) as f:
-    rank = json.load(f)["optimizer"]["lora_rank"]
+    rank = json.load(f).get("optimizer", {}).get("lora_rank", 0)
   if rank:
     raise ConfigError(f"{flag}={run_dir}: this run trained LoRA adapters (rank {rank}) and its "
                       f"params checkpoint is the frozen base; export it with the adapters "
