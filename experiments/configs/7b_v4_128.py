@@ -4,17 +4,14 @@ The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM p
 micro-batches: FSDP over 16 groups of 4 chips, each group splitting attention heads, FFN and
 vocabulary 4 ways (tensor): 2048 / 128 = 16 sequences per micro-batch, one per group. Each mesh
 axis is a product of whole axes of the 4x4x4 torus (16 = 4x4, 4), as jax.make_mesh requires
-(fsdp:32,tensor:2 would split a physical axis). bf16 compute over fp32 master weights and Adam
-moments, each decoder layer rematerialised, the text cross-entropy over the 151,680-entry
-vocabulary in chunks of 1024 positions. The planner's report for both phases is in
+(fsdp:32,tensor:2 would split a physical axis). The planner's report for both phases is in
 experiments/results/plan_7b_v4_128_*.md:
 
   python -m mimo_jax.plan --config=experiments/configs/7b_v4_128.py --topology=v4-128 \
       --phase=understanding   # or generation
 
-Phase 1 (understanding) by default; phase 2: --config.train.phase=generation
---config.train.steps=298000 --config.data.path=gs://BUCKET/shards/phase2 (spec §5.1: 2.6T and
-5T tokens). Launch on every worker with tpu_setup/tpu.sh run (see tpu_setup/README.md).
+The recipe (precision, remat, chunked CE, phase 2 overrides) is
+`mimo_jax.train.config.recipe_7b`.
 """
 
 from mimo_jax.train.config import recipe_7b

@@ -4,9 +4,8 @@ The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM p
 micro-batches: FSDP over 32 groups of 8 chips, each group splitting attention heads, FFN and
 vocabulary 8 ways (tensor): 2048 / 64 = 32 sequences per micro-batch, one per group. A v5e chip
 has 15.75 GiB: without tensor sharding one sequence's [32 heads, 8192, 8192] attention scores
-alone would not fit. bf16 compute over fp32 master weights and Adam moments, each decoder layer
-rematerialised, the text cross-entropy over the 151,680-entry vocabulary in chunks of 1024
-positions. The planner's report for both phases is in experiments/results/plan_7b_v5e_256_*.md:
+alone would not fit. The planner's report for both phases is in
+experiments/results/plan_7b_v5e_256_*.md:
 
   python -m mimo_jax.plan --config=experiments/configs/7b_v5e_256.py --topology=v5e-256 \
       --phase=understanding   # or generation
@@ -15,9 +14,8 @@ Phase 1 fits (7.4 GiB peak per chip). Phase 2 does NOT fit yet: 16.7 GiB, 0.9 Gi
 or splash attention alike (the patch decoder's activations are what grow); it needs a
 sequence-sharded or lighter-rematerialised patch decoder, or a v5p/v4 slice.
 
-Phase 1 (understanding) by default; phase 2: --config.train.phase=generation
---config.train.steps=298000 --config.data.path=gs://BUCKET/shards/phase2 (spec §5.1: 2.6T and
-5T tokens). Launch on every worker with tpu_setup/tpu.sh run (see tpu_setup/README.md).
+The recipe (precision, remat, chunked CE, phase 2 overrides) is
+`mimo_jax.train.config.recipe_7b`.
 """
 
 from mimo_jax.train.config import recipe_7b

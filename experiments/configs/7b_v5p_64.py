@@ -2,16 +2,13 @@
 
 The spec's batch of 16.8M tokens per optimizer step (2048 sequences x 8192 LLM positions) in 64
 micro-batches: pure FSDP over the 32 chips: 2048 / 64 = 32 sequences per micro-batch, one per
-chip. bf16 compute over fp32 master weights and Adam moments, each decoder layer rematerialised,
-the text cross-entropy over the 151,680-entry vocabulary in chunks of 1024 positions. The
-planner's report for both phases is in experiments/results/plan_7b_v5p_64_*.md:
+chip. The planner's report for both phases is in experiments/results/plan_7b_v5p_64_*.md:
 
   python -m mimo_jax.plan --config=experiments/configs/7b_v5p_64.py --topology=v5p-64 \
       --phase=understanding   # or generation
 
-Phase 1 (understanding) by default; phase 2: --config.train.phase=generation
---config.train.steps=298000 --config.data.path=gs://BUCKET/shards/phase2 (spec §5.1: 2.6T and
-5T tokens). Launch on every worker with tpu_setup/tpu.sh run (see tpu_setup/README.md).
+The recipe (precision, remat, chunked CE, phase 2 overrides) is
+`mimo_jax.train.config.recipe_7b`.
 """
 
 from mimo_jax.train.config import recipe_7b

@@ -137,7 +137,9 @@ def recipe_7b() -> ml_collections.ConfigDict:
   (2048 sequences x 8192 LLM positions), bf16 compute over fp32 master weights and Adam moments,
   every decoder layer rematerialised, the text cross-entropy over the 151,680-entry vocabulary in
   chunks of 1024 positions. Each `experiments/configs/7b_<slice>.py` adds its mesh and how many
-  micro-batches the slice needs."""
+  micro-batches the slice needs. Phase 2: --config.train.phase=generation
+  --config.train.steps=298000 --config.data.path=gs://BUCKET/shards/phase2 (spec §5.1: 2.6T and
+  5T tokens). Launch on every worker with tpu_setup/tpu.sh run (see tpu_setup/README.md)."""
   cfg = defaults()
   cfg.model.preset = "7b"
   cfg.model.dtype = "bfloat16"
