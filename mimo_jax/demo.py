@@ -65,8 +65,8 @@ def _run_stage(name: str, args: list[str], workdir: str) -> float:
 
 
 def _last_metrics(run_dir: str) -> dict:
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  from mimo_jax.train.metrics import read_jsonl  # noqa: PLC0415 (the training stack when run)
+  rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
   return {"first": rows[0], "last": rows[-1]}
 
 

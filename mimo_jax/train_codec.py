@@ -54,6 +54,7 @@ from mimo_jax.data import audio as data_audio
 from mimo_jax.data import manifest
 from mimo_jax.nn.params import init_params, logical_axes
 from mimo_jax.train.checkpoint import Checkpointer, abstract_like, quiet_orbax_logs
+from mimo_jax.train.metrics import truncate_jsonl
 
 CHECKPOINT_DIR = "checkpoints"
 STATE = "state"
@@ -256,15 +257,6 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
   return row
 
 
-def _truncate_log(path: str, last_step: int) -> None:
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  with open(path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= last_step)
-
-
 # --- the loop ----------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -311,7 +303,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       logging.info("resumed from step %d of %s", start, workdir)
     jsonl = os.path.join(workdir, "metrics.jsonl")
     if jax.process_index() == 0:
-      _truncate_log(jsonl, start)
+      truncate_jsonl(jsonl, start)
     writer = None
     if config.tensorboard and jax.process_index() == 0:
       from tensorboardX import SummaryWriter

@@ -153,15 +153,6 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _truncate_log(path: str, last_step: int) -> None:
-  """Drops log rows past the checkpoint a run resumes from (steps it will redo)."""
-  if jax.process_index() != 0 or not os.path.exists(path):
-    return
-  rows = [r for r in metrics.read_jsonl(path) if r["step"] <= last_step]
-  with open(path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
-
-
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None = None,
           init_from: str | None = None, model_cfg: MimoAudioConfig | None = None,
           train_step: TrainStep | None = None, max_steps: int | None = None) -> RunResult:
@@ -222,7 +213,7 @@ def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step:
     logging.info("resuming from %s/%d", ckpt.directory, resume_step)
     abstract = split_state(train_step.abstract_state)
     state = join_state(ckpt.restore(abstract, resume_step, data_iterator=iterator))
-    _truncate_log(jsonl, resume_step)
+    metrics.truncate_jsonl(jsonl, resume_step)
   else:
     params = None if not init_from else _initial_params(init_from, setup, mesh)
     state = create_state(setup, jax.random.key(cfg.train.seed), mesh, params)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from typing import Any
 
@@ -111,6 +112,15 @@ def _duration(seconds: float) -> str:
 def read_jsonl(path: str) -> list[dict[str, float]]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+  """Drops log rows past the checkpoint a run resumes from (steps it will redo)."""
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def plot_losses(jsonl_path: str, png_path: str) -> None:
