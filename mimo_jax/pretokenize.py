@@ -11,7 +11,6 @@ shards. Rerunning the command resumes: finished shards are kept, partial ones re
 `mimo_jax/data/pretokenize.py` for the shard format and the report.
 """
 
-import functools
 import sys
 
 import jax
@@ -66,8 +65,7 @@ def run(f: flags.FlagValues) -> int:
     params, cfg = import_codec(f.codec_ckpt)
     skips = manifest.Skips()
     records = manifest.read_source(f.manifest, skips)
-    pretokenize.run(records, skips, f.output, params, cfg,
-                    functools.partial(tokenizer.encode, special=False), settings,
+    pretokenize.run(records, skips, f.output, params, cfg, tokenizer, settings,
                     batch_size=f.batch_size, load_threads=f.load_threads,
                     process_index=index, process_count=count,
                     source=f.manifest, progress_interval=f.progress_interval)

@@ -8,9 +8,11 @@ every host of a pod runs the same command and takes its share with no coordinati
 Resumable: a shard is written to `<name>.partial`, its statistics are saved as `<name>.json`, and
 only then is the shard renamed to its final name, so a final shard file is always complete and a
 killed run leaves at most a partial file, which the next run rewrites. Finished shards are
-skipped. Shard contents depend only on the source records and the settings (`plan.json` in the
-output folder guards against resuming with different ones), so a resumed run writes the same
-bytes as an uninterrupted one.
+skipped. Shard contents depend only on the source records and the settings, so a resumed run
+writes the same bytes as an uninterrupted one. `plan.json` in the output folder records the
+settings, the codec's config and codebook sizes, and content hashes of the codec's weights and of
+the text tokenizer; a rerun with any of them changed is refused (it would mix two codings in one
+corpus), and training checks the codebook sizes against its model.
 
 Each shard record is a msgpack map (`flax.serialization`): `codes` uint16 [T, n_q] (25 Hz),
 `text_ids` int32 [n] (the transcript tokenised as data: `<|...|>` strings spelled out as
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import sys
@@ -30,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import jax
 import numpy as np
 from array_record.python import array_record_module
 from etils import epath
@@ -40,6 +45,7 @@ from mimo_jax.codec.api import AudioError
 from mimo_jax.codec.config import CodecConfig
 from mimo_jax.data import manifest
 from mimo_jax.data.audio import AudioLimits, load_clip
+from mimo_jax.data.tokenizer import TextTokenizer
 
 TEXT_TOO_LONG = "text_too_long"
 ENCODE_FAILED = "encode_failed"
@@ -120,18 +126,41 @@ def _write_json_atomic(path: epath.Path, content: dict) -> None:
   partial.replace(path)
 
 
+PLAN_FILE = "plan.json"
+
+
+def params_sha256(params) -> str:
+  """Content hash of a parameter pytree: every leaf's path, dtype, shape and bytes."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params),
+                           key=lambda kv: jax.tree_util.keystr(kv[0])):
+    array = np.ascontiguousarray(jax.device_get(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def tokenizer_sha256(tokenizer: TextTokenizer) -> str:
+  return hashlib.sha256(tokenizer.hf.to_str().encode()).hexdigest()
+
+
+def read_plan(output: str) -> dict | None:
+  """The plan.json of a pre-tokenised folder, or None (shards written without one)."""
+  path = epath.Path(output) / PLAN_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
 def _check_plan(output: epath.Path, plan: dict) -> None:
-  """Writes plan.json, or checks that an existing one matches: resuming with other settings
-  would mix shards of two different cuts."""
-  path = output / "plan.json"
-  if path.exists():
-    old = json.loads(path.read_text())
-    if old != plan:
-      changed = sorted(k for k in plan if old.get(k) != plan[k])
-      raise ValueError(f"{output}: holds shards of different settings ({', '.join(changed)} "
-                       f"differ from {path}); use a new --output or the same flags")
-    return
-  _write_json_atomic(path, plan)
+  """Writes plan.json, or checks that an existing one matches: resuming with other settings, another
+  codec or another text tokenizer would mix two codings in one corpus."""
+  old = read_plan(str(output))
+  if old is None:
+    _write_json_atomic(output / PLAN_FILE, plan)
+  elif old != plan:
+    changed = sorted(k for k in plan if old.get(k) != plan[k])
+    raise ValueError(f"{output}: holds shards of different settings ({', '.join(changed)} "
+                     f"differ from {output / PLAN_FILE}); use a new --output or the same codec, "
+                     f"tokenizer and flags")
 
 
 def tokenize_shard(records: list[manifest.Record], params, cfg: CodecConfig,
@@ -228,23 +257,29 @@ def _write_records(path: str, examples: list[bytes]) -> None:
 
 
 def run(records: list[manifest.Record], source_skips: manifest.Skips, output: str, params,
-        cfg: CodecConfig, encode_text: Callable[[str], np.ndarray], settings: Settings, *,
+        cfg: CodecConfig, tokenizer: TextTokenizer, settings: Settings, *,
         batch_size: int = 8, load_threads: int = 4, process_index: int = 0,
         process_count: int = 1, source: str = "", progress_interval: float = 10.0,
         out=sys.stdout) -> dict:
-  """Tokenises this host's shards of `records` into `output`; returns (and saves) the report."""
+  """Tokenises this host's shards of `records` into `output`; returns (and saves) the report.
+  Transcripts are tokenised as data (`<|...|>` strings spelled out)."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  if not records:
+    raise ValueError(f"{source or 'the source'}: no usable records ({source_skips.total} "
+                     f"skipped: {dict(source_skips.counts)}); nothing to pre-tokenise")
+  encode_text = functools.partial(tokenizer.encode, special=False)
   out_dir = epath.Path(output)
   out_dir.mkdir(parents=True, exist_ok=True)
-  n_shards = max(1, -(-len(records) // settings.records_per_shard))
+  n_shards = -(-len(records) // settings.records_per_shard)
   plan = {"source": source, "records": len(records), "shards": n_shards,
           "records_per_shard": settings.records_per_shard, "n_q": settings.n_q,
           "max_text_tokens": settings.max_text_tokens,
           "limits": dataclasses.asdict(settings.limits),
-          "codec": {"sampling_rate": cfg.sampling_rate, "d_model": cfg.d_model,
-                    "num_quantizers": cfg.num_quantizers}}
-  _check_plan(out_dir, plan)
+          "codec": {**dataclasses.asdict(cfg), "codebook_sizes": cfg.codebook_sizes},
+          "codec_params_sha256": params_sha256(params),
+          "tokenizer_sha256": tokenizer_sha256(tokenizer)}
+  _check_plan(out_dir, json.loads(json.dumps(plan)))  # compared as plan.json reads back
   mine = list(range(process_index, n_shards, process_count))
   cut = lambda k: records[k * settings.records_per_shard:(k + 1) * settings.records_per_shard]
   todo = [k for k in mine if not (out_dir / shard_name(k, n_shards)).exists()]

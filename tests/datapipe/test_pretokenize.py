@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import soundfile
@@ -85,7 +86,7 @@ def _encode_text(setup):
 def _run(setup, output, **kwargs):
   out = io.StringIO()
   report = pretokenize.run(setup["records"], setup["skips"], str(output), setup["params"],
-                           setup["cfg"], _encode_text(setup), SETTINGS, batch_size=4,
+                           setup["cfg"], setup["tokenizer"], SETTINGS, batch_size=4,
                            source=setup["manifest"], out=out, **kwargs)
   return report, out.getvalue()
 
@@ -177,7 +178,31 @@ def test_rerun_skips_finished_shards_and_other_settings_are_refused(setup, refer
   other = pretokenize.Settings(records_per_shard=4, max_text_tokens=64, limits=SETTINGS.limits)
   with pytest.raises(ValueError, match="records_per_shard"):
     pretokenize.run(setup["records"], setup["skips"], str(output), setup["params"], setup["cfg"],
-                    _encode_text(setup), other, source=setup["manifest"], out=io.StringIO())
+                    setup["tokenizer"], other, source=setup["manifest"], out=io.StringIO())
+
+
+def test_another_codec_or_tokenizer_is_refused_and_an_empty_source_is_an_error(setup, reference):
+  output, _, _ = reference
+  plan = pretokenize.read_plan(str(output))
+  assert plan["codec"]["codebook_sizes"] == list(setup["cfg"].codebook_sizes)
+  assert plan["codec_params_sha256"] == pretokenize.params_sha256(setup["params"])
+  run = lambda params, tokenizer, records=setup["records"], out=output: pretokenize.run(
+      records, setup["skips"], str(out), params, setup["cfg"], tokenizer, SETTINGS,
+      source=setup["manifest"], out=io.StringIO())
+  retrained = jax.tree.map(lambda x: x, setup["params"])
+  retrained["encoder"]["conv1"]["bias"] = retrained["encoder"]["conv1"]["bias"] + 1e-3
+  with pytest.raises(ValueError, match=r"\(codec_params_sha256 differ"):
+    run(retrained, setup["tokenizer"])
+  other_tokenizer = TextTokenizer.train(["completely different words"] * 4, vocab_size=300)
+  with pytest.raises(ValueError, match=r"\(tokenizer_sha256 differ"):
+    run(setup["params"], other_tokenizer)
+  with pytest.raises(ValueError, match=r"no usable records \(2 skipped"):
+    skips = manifest.Skips()
+    skips.add("missing_file", "a", "a: missing")
+    skips.add("missing_file", "b", "b: missing")
+    pretokenize.run([], skips, str(setup["root"] / "empty"), setup["params"], setup["cfg"],
+                    setup["tokenizer"], SETTINGS, source="empty.jsonl", out=io.StringIO())
+  assert not (setup["root"] / "empty").exists()
 
 
 def _cli(setup, output):
