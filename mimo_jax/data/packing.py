@@ -15,6 +15,11 @@ Examples are never split: one longer than P is dropped and counted (`TOO_LONG`),
 make an example passes `{"skip": reason}` instead; the packer counts it under that reason, so the
 counts travel with the iterator state (`skipped(state)` reads them back).
 
+A stream that skips most of what it reads cannot feed training, and without a limit it would spin
+for ever (a skip marker fills no positions): `SkipLimits` turns it into a `SkipError` naming the
+top reasons, once the skipped share passes a threshold or after windows in a row with nothing
+to emit.
+
 Packing is first-fit decreasing over a window of consecutive examples: the longest run of
 examples whose positions fit in `window_sequences` sequences, placed longest first into the first
 sequence with room (on utterance-length examples and 8192-position sequences, windows of 8 fill
@@ -34,6 +39,48 @@ import numpy as np
 from mimo_jax.lm import layout as layout_lib
 
 TOO_LONG = "example_too_long"
+
+
+class SkipError(ValueError):
+  """The stream skips too much to train on; the message gives the counts and the top reasons."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipLimits:
+  """When skipping becomes an error instead of a slow or endless wait for a batch.
+
+  max_fraction: the share of examples skipped so far (counted once `min_examples` have been read,
+    so that a few early skips are not taken for a trend) above which packing fails.
+  max_empty_windows: windows in a row that give no sequence at all.
+  """
+
+  max_fraction: float = 0.5
+  min_examples: int = 1000
+  max_empty_windows: int = 32
+
+  def __post_init__(self):
+    if not 0 < self.max_fraction <= 1:
+      raise ValueError(f"max_fraction must be in (0, 1], got {self.max_fraction}")
+    if self.min_examples < 1 or self.max_empty_windows < 1:
+      raise ValueError(f"min_examples and max_empty_windows must be >= 1, got "
+                       f"{self.min_examples}, {self.max_empty_windows}")
+
+  def check(self, skipped: dict[str, int], examples: int, empty_windows: int,
+            seq_positions: int) -> None:
+    """Raises SkipError if the counts so far pass a limit."""
+    total = sum(skipped.values())
+    if empty_windows >= self.max_empty_windows:
+      problem = f"nothing to pack in the last {empty_windows} windows"
+    elif examples >= self.min_examples and total > self.max_fraction * examples:
+      problem = f"more than {self.max_fraction:.0%} of the examples skipped"
+    else:
+      return
+    top = sorted(skipped.items(), key=lambda kv: -kv[1])[:3]
+    reasons = ", ".join(f"{reason} {count}" + (f" (longer than the {seq_positions} positions of "
+                                               f"a sequence)" if reason == TOO_LONG else "")
+                        for reason, count in top)
+    raise SkipError(f"packing: {problem}: {total} of {examples} examples skipped so far; top "
+                    f"reasons: {reasons or 'none (empty examples)'}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,30 +157,36 @@ class Packer:
 class PackIterDataset(grain.IterDataset):
   """Packs the parent's examples in windows of `window_sequences` sequences' worth of positions."""
 
-  def __init__(self, parent: grain.IterDataset, packer: Packer, window_sequences: int = 8):
+  def __init__(self, parent: grain.IterDataset, packer: Packer, window_sequences: int = 8,
+               limits: SkipLimits = SkipLimits()):
     super().__init__(parent)
     if window_sequences < 1:
       raise ValueError(f"window_sequences must be >= 1, got {window_sequences}")
-    self._packer, self._window = packer, window_sequences
+    self._packer, self._window, self._limits = packer, window_sequences, limits
 
   def __iter__(self) -> _PackIterator:
-    return _PackIterator(self._parent.__iter__(), self._packer, self._window)
+    return _PackIterator(self._parent.__iter__(), self._packer, self._window, self._limits)
 
 
 class _PackIterator(grain.DatasetIterator):
   """State: the parent's state where the current window starts, sequences emitted from that
-  window, and the skip counts of the windows before it. The example that ends a window (it would
-  overflow it) is kept, with the parent state before it, as the next window's first."""
+  window, and the skip and example counts of the windows before it. The example that ends a
+  window (it would overflow it) is kept, with the parent state before it, as the next window's
+  first. A window also ends after as many examples as it has positions, so that a stream of skip
+  markers (no positions) still ends windows and meets the skip limits."""
 
-  def __init__(self, parent: grain.DatasetIterator, packer: Packer, window_sequences: int):
+  def __init__(self, parent: grain.DatasetIterator, packer: Packer, window_sequences: int,
+               limits: SkipLimits):
     super().__init__(parent)
-    self._packer = packer
+    self._packer, self._limits = packer, limits
     self._window_positions = window_sequences * packer.seq_positions
     self._window_state = parent.get_state()
     self._sequences: list[dict] = []
     self._emitted = 0
     self._skipped_before: collections.Counter = collections.Counter()
     self._skipped_in_window: dict[str, int] = {}
+    self._examples_before = self._examples_in_window = 0
+    self._empty_windows = 0  # in a row, since this iterator started (a guard, not state)
     self._next: tuple[dict, dict] | None = None  # (example, parent state before it)
 
   def _positions(self, example: dict) -> int:
@@ -152,36 +205,47 @@ class _PackIterator(grain.DatasetIterator):
       except StopIteration:
         break
       n = self._positions(example)
-      if examples and positions + n > self._window_positions:
+      if examples and (positions + n > self._window_positions
+                       or len(examples) >= self._window_positions):
         self._next = (example, state)
         break
       examples.append(example)
       positions += n
     self._sequences, self._skipped_in_window = self._packer.pack(examples)
+    self._examples_in_window = len(examples)
     self._emitted = 0
     return bool(examples)
 
   def __next__(self) -> dict:
     while self._emitted >= len(self._sequences):
       self._skipped_before.update(self._skipped_in_window)
-      self._skipped_in_window = {}
+      self._examples_before += self._examples_in_window
+      self._skipped_in_window, self._examples_in_window = {}, 0
       self._window_state = self._parent.get_state() if self._next is None else self._next[1]
       if not self._read_window():
         self._sequences = []
         raise StopIteration
+      self._empty_windows = 0 if self._sequences else self._empty_windows + 1
+      self._limits.check(self._skipped_before + collections.Counter(self._skipped_in_window),
+                         self._examples_before + self._examples_in_window, self._empty_windows,
+                         self._packer.seq_positions)
     self._emitted += 1
     return self._sequences[self._emitted - 1]
 
   def get_state(self) -> dict:
-    # The current window's skips are recounted when it is re-read on restore.
+    # The current window's counts are recounted when it is re-read on restore.
     return {"parent": self._window_state, "emitted": self._emitted,
-            "skipped": dict(sorted(self._skipped_before.items()))}
+            "skipped": dict(sorted(self._skipped_before.items())),
+            "examples": self._examples_before}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
     self._window_state = state["parent"]
     self._skipped_before = collections.Counter(state["skipped"])
-    self._sequences, self._emitted, self._skipped_in_window, self._next = [], 0, {}, None
+    # States saved before examples were counted: count from the restore on.
+    self._examples_before = state.get("examples", 0)
+    self._sequences, self._emitted, self._next = [], 0, None
+    self._skipped_in_window, self._examples_in_window = {}, 0
     if state["emitted"]:
       self._read_window()
       self._emitted = state["emitted"]

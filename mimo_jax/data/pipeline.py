@@ -6,8 +6,10 @@
                          weight (`grain.MapDataset.mix`)
   decoded, templated     `example_fn(record, index)` -> {"input_ids", "loss_mask"}, or
                          {"skip": reason} (counted by the packer; `PhaseExamples` is the
-                         phase's task mixture of `templates`)
-  packed                 `packing.PackIterDataset`: sequences of P positions, whole examples
+                         phase's task mixture of `templates`); a record that cannot be
+                         decoded is skipped as `record_unreadable`
+  packed                 `packing.PackIterDataset`: sequences of P positions, whole examples;
+                         too much skipped raises `packing.SkipError` (`packing.SkipLimits`)
   batched                [per-host batch, ...] numpy; optionally prefetched by worker processes
   global                 `TrainIterator`: jax.Arrays over the mesh's batch axes
                          (`jax.make_array_from_process_local_data`)
@@ -26,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 import grain
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
 from mimo_jax import sharding
@@ -35,6 +38,8 @@ from mimo_jax.lm.layout import LayoutError
 # (decoded shard record, index in the host's stream) -> example dict or {"skip": reason}.
 ExampleFn = Callable[[dict, int], dict]
 
+RECORD_UNREADABLE = "record_unreadable"
+
 BATCH_AXES = {"input_ids": ("batch", None, None), "segment_ids": ("batch", None),
               "positions": ("batch", None), "loss_mask": ("batch", None)}
 
@@ -43,13 +48,15 @@ class PhaseExamples:
   """The training phase's task mixture over shard records (`templates.example_for`): the task and
   its random choices come from (seed, index). A record whose `task` field names a template (from
   the manifest) always gets that task. A record the task cannot use (e.g. an empty transcript
-  for ASR) becomes the skip marker `template_failed:<task>`."""
+  for ASR) becomes the skip marker `template_failed:<task>`; the first failure of each task is
+  logged with its message (per process), the rest are counted."""
 
   def __init__(self, fmt: templates.Formatter, phase: str, seed: int,
                mixtures=templates.PHASE_MIXTURES):
     if phase not in mixtures:
       raise ValueError(f"phase {phase!r}: expected one of {sorted(mixtures)}")
     self.fmt, self.phase, self.seed, self.mixtures = fmt, phase, seed, mixtures
+    self._logged: set[str] = set()
 
   def __call__(self, record: dict, index: int) -> dict:
     utt = templates.Utterance(record["text"], record["codes"].astype(np.int32),
@@ -58,8 +65,13 @@ class PhaseExamples:
     task = record.get("task") or templates.sample_task(self.phase, rng, self.mixtures)
     try:
       example = templates.render(self.fmt, task, utt, rng)
-    except (templates.TemplateError, LayoutError):
-      return {"skip": f"template_failed:{task}"}
+    except (templates.TemplateError, LayoutError) as e:
+      reason = f"template_failed:{task}"
+      if reason not in self._logged:
+        self._logged.add(reason)
+        logging.warning("record %r: %s: %s (further %s skips are counted, not logged)",
+                        record.get("key"), reason, e, reason)
+      return {"skip": reason}
     return {"input_ids": example.ids_kl, "loss_mask": example.loss_mask_p}
 
 
@@ -70,7 +82,13 @@ class _Examples(grain.transforms.MapWithIndex):
     self._example_fn = example_fn
 
   def map_with_index(self, index: int, data: bytes) -> dict:
-    return self._example_fn(pretokenize.deserialize(data), index)
+    try:
+      record = pretokenize.deserialize(data)
+    except Exception as e:  # pylint: disable=broad-except  (msgpack raises many types)
+      logging.warning("record %d of this host's stream: %s: %s: %s", index, RECORD_UNREADABLE,
+                      type(e).__name__, e)
+      return {"skip": RECORD_UNREADABLE}
+    return self._example_fn(record, index)
 
 
 def _host_records(paths: Sequence[str], seed: int, process_index: int, process_count: int,
@@ -78,6 +96,9 @@ def _host_records(paths: Sequence[str], seed: int, process_index: int, process_c
   if not paths:
     raise ValueError("make_dataset: no shard paths given (did pre-tokenisation write any?)")
   source = grain.sources.ArrayRecordDataSource(list(paths))
+  if len(source) < process_count:  # an empty share would end (or, repeated, stall) the stream
+    raise ValueError(f"make_dataset: the shards hold {len(source)} records, fewer than the "
+                     f"{process_count} processes that share them ({paths[0]}, ...)")
   ds = grain.MapDataset.source(source)[process_index::process_count].seed(seed)
   return (ds.shuffle() if shuffle else ds).repeat(num_epochs)
 
@@ -89,8 +110,8 @@ def make_dataset(shard_paths: Sources, example_fn: ExampleFn, packer: packing.Pa
                  batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
                  num_epochs: int | None = None, shuffle: bool = True,
                  pack_window_sequences: int = 8, worker_count: int = 0,
-                 worker_buffer_size: int = 2,
-                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+                 worker_buffer_size: int = 2, read_options: grain.ReadOptions | None = None,
+                 skip_limits: packing.SkipLimits = packing.SkipLimits()) -> grain.IterDataset:
   """This host's stream of packed batches: dicts of numpy arrays with a leading `batch_size`
   axis (`input_ids` [b, 1 + C, G * P], `segment_ids` / `positions` / `loss_mask` [b, P]).
 
@@ -121,7 +142,8 @@ def make_dataset(shard_paths: Sources, example_fn: ExampleFn, packer: packing.Pa
   ds = ds.map_with_index(_Examples(example_fn))
   if read_options is None and not any("://" in str(p) for p in _all_paths(shard_paths)):
     read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-  it = packing.PackIterDataset(ds.to_iter_dataset(read_options), packer, pack_window_sequences)
+  it = packing.PackIterDataset(ds.to_iter_dataset(read_options), packer, pack_window_sequences,
+                               skip_limits)
   it = it.batch(batch_size, drop_remainder=True)
   if worker_count > 0:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
@@ -182,7 +204,8 @@ def make_train_iterator(shard_paths: Sources, fmt: templates.Formatter, phase: s
                         split_long: bool = False, num_epochs: int | None = None,
                         pack_window_sequences: int = 8, worker_count: int = 0,
                         read_options: grain.ReadOptions | None = None,
-                        example_fn: ExampleFn | None = None) -> TrainIterator:
+                        example_fn: ExampleFn | None = None,
+                        skip_limits: packing.SkipLimits = packing.SkipLimits()) -> TrainIterator:
   """The training iterator: global batches of `global_batch` packed sequences of
   `seq_positions` positions built with the phase's task mixture (or `example_fn`), sharded over
   `mesh`'s batch axes; each host (jax.process_index()) reads its share of the records and builds
@@ -196,5 +219,5 @@ def make_train_iterator(shard_paths: Sources, fmt: templates.Formatter, phase: s
                          process_index=jax.process_index(), process_count=count,
                          num_epochs=num_epochs,
                          pack_window_sequences=pack_window_sequences, worker_count=worker_count,
-                         read_options=read_options)
+                         read_options=read_options, skip_limits=skip_limits)
   return TrainIterator(dataset, batch_shardings(mesh))

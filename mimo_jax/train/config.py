@@ -106,6 +106,11 @@ def defaults() -> ml_collections.ConfigDict:
           "path": "",
           "tokenizer": "",
           "worker_count": 0,
+          # Too much skipped is an error naming the top reasons (mimo_jax.data.packing.SkipLimits):
+          # more than this share of the examples (counted after the first 1000), or this many
+          # packing windows in a row with nothing to train on.
+          "max_skip_fraction": 0.5,
+          "max_empty_windows": 32,
           # Synthetic source: examples in the pool the batches are drawn from, share of audio
           # positions.
           "synthetic_examples": 64,
@@ -118,6 +123,10 @@ def defaults() -> ml_collections.ConfigDict:
           "every_steps": 500,
           "keep": 3,
           "async_save": True,
+          # After SIGTERM the run saves at the next safe point and exits 0; if it has not exited
+          # this many seconds later (stuck in a compile, a read, a save), it is ended with exit
+          # status 143 (mimo_jax.train.preemption).
+          "sigterm_grace_s": 120.0,
       },
       "log": {
           "every_steps": 10,
@@ -165,12 +174,13 @@ def model_from(cfg: ml_collections.ConfigDict) -> MimoAudioConfig:
   runtime = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat_policy": m.remat_policy,
              "attention": m.attention}
   overrides = dict(m.overrides)
-  if m.preset:
-    base = model_config.preset(m.preset)
-  elif m.config_json:
-    base = model_config.load_config(m.config_json)
-  else:
+  if not (m.preset or m.config_json):
     raise ConfigError("config.model: set preset (e.g. 'tiny') or config_json")
+  try:
+    base = (model_config.preset(m.preset) if m.preset else
+            model_config.load_config(m.config_json))
+  except ConfigError as e:
+    raise ConfigError(f"config.model.{'preset' if m.preset else 'config_json'}: {e}") from None
   for key, value in overrides.items():
     if key in ("speech_vocab_size", "speech_zeroemb_idx", "delay_pattern"):
       overrides[key] = tuple(value)
@@ -178,14 +188,21 @@ def model_from(cfg: ml_collections.ConfigDict) -> MimoAudioConfig:
     return base.replace(**overrides, **runtime)
   except TypeError as e:
     raise ConfigError(f"config.model.overrides: {e}") from None
+  except ConfigError as e:  # "<field>: message" from MimoAudioConfig: name the config field
+    overridden = str(e).split(":", 1)[0] in overrides
+    raise ConfigError(f"config.model.{'overrides.' if overridden else ''}{e}") from None
 
 
 def loss_from(cfg: ml_collections.ConfigDict) -> LossConfig:
   weights = cfg.loss.channel_weights
-  return LossConfig(phase=cfg.train.phase,
-                    channel_weights=None if weights is None else tuple(weights),
-                    empty_loss_weight=cfg.loss.empty_loss_weight,
-                    text_chunk_size=cfg.loss.text_chunk_size)
+  try:
+    return LossConfig(phase=cfg.train.phase,
+                      channel_weights=None if weights is None else tuple(weights),
+                      empty_loss_weight=cfg.loss.empty_loss_weight,
+                      text_chunk_size=cfg.loss.text_chunk_size)
+  except ConfigError as e:  # "<field>: message" from LossConfig
+    prefix = "config.train." if str(e).startswith("phase") else "config.loss."
+    raise ConfigError(f"{prefix}{e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,11 +273,22 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _need(lr is None or lr >= 0, f"train.learning_rates.{group}", f"must be >= 0, got {lr}")
   _need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
   _need(t.clip_norm > 0, "train.clip_norm", f"must be positive, got {t.clip_norm}")
+  for field in ("adam_b1", "adam_b2"):
+    _need(0 <= t[field] < 1, f"train.{field}", f"must be in [0, 1), got {t[field]}")
+  _need(t.adam_eps > 0, "train.adam_eps", f"must be positive, got {t.adam_eps}")
   _need(t.lora.rank >= 0, "train.lora.rank", f"must be >= 0, got {t.lora.rank}")
+  _need(t.lora.rank == 0 or t.lora.alpha > 0, "train.lora.alpha",
+        f"must be positive, got {t.lora.alpha}")
   _need(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got "
         f"{d.source!r}")
   _need(d.source != "shards" or bool(d.path), "data.path", "the 'shards' source needs a path")
   _need(d.worker_count >= 0, "data.worker_count", f"must be >= 0, got {d.worker_count}")
+  _need(0 < d.max_skip_fraction <= 1, "data.max_skip_fraction",
+        f"must be in (0, 1], got {d.max_skip_fraction}")
+  _need(d.max_empty_windows >= 1, "data.max_empty_windows",
+        f"must be >= 1, got {d.max_empty_windows}")
+  _need(cfg.checkpoint.sigterm_grace_s > 0, "checkpoint.sigterm_grace_s",
+        f"must be positive, got {cfg.checkpoint.sigterm_grace_s}")
   _need(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps",
         f"must be positive, got {cfg.checkpoint.every_steps}")
   _need(cfg.checkpoint.keep > 0, "checkpoint.keep", f"must be positive, got {cfg.checkpoint.keep}")
@@ -272,6 +300,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   loss_cfg = loss_from(cfg)
   _need(len(loss_cfg.weights) == 1 + model.audio_channels, "loss.channel_weights",
         f"needs 1 + {model.audio_channels} entries, got {loss_cfg.weights}")
+  if d.source == "synthetic":  # text ids are drawn above <|empty|>, codes below the empty ids
+    _need(0 <= d.empty_id < model.vocab_size - 1, "data.empty_id",
+          f"the synthetic source draws text ids in (empty_id, vocab_size): {d.empty_id} leaves "
+          f"none below the model's vocab_size {model.vocab_size}")
+    _need(0 <= d.audio_share <= 1, "data.audio_share", f"must be in [0, 1], got {d.audio_share}")
+    _need(d.synthetic_examples >= 1, "data.synthetic_examples",
+          f"must be >= 1, got {d.synthetic_examples}")
+    _need(min(model.speech_zeroemb_idx) >= 1, "model.overrides.speech_zeroemb_idx",
+          f"the synthetic source draws codes below each empty id, got {model.speech_zeroemb_idx}")
 
 
 def describe(cfg: ml_collections.ConfigDict) -> dict[str, Any]:

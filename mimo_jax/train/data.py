@@ -19,10 +19,11 @@ from typing import NamedTuple
 import grain
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
 from mimo_jax.config import ConfigError, MimoAudioConfig
-from mimo_jax.data import pipeline, pretokenize, templates
+from mimo_jax.data import packing, pipeline, pretokenize, templates
 from mimo_jax.data.tokenizer import TextTokenizer, TokenizerError
 from mimo_jax.sharding import MeshError
 
@@ -95,13 +96,36 @@ def make_source(cfg: ml_collections.ConfigDict, model_cfg: MimoAudioConfig,
   if not paths:
     raise ConfigError(f"config.data.path: no pre-tokenised shards (shard-*"
                       f"{pretokenize.SHARD_SUFFIX}) in {d.path}")
+  check_codes_fit(d.path, model_cfg)
   try:
     text_tokenizer = (TextTokenizer.load(d.tokenizer) if d.tokenizer else TextTokenizer.mimo())
     text_tokenizer.check_fits(model_cfg.vocab_size)
   except TokenizerError as e:
     raise ConfigError(f"config.data.tokenizer: {e}") from None
   fmt = templates.Formatter.from_config(model_cfg, text_tokenizer)
-  iterator = pipeline.make_train_iterator(
-      paths, fmt, t.phase, t.positions, t.batch_size, d.seed, mesh,
-      worker_count=d.worker_count)
+  limits = packing.SkipLimits(max_fraction=d.max_skip_fraction,
+                              max_empty_windows=d.max_empty_windows)
+  try:
+    iterator = pipeline.make_train_iterator(
+        paths, fmt, t.phase, t.positions, t.batch_size, d.seed, mesh,
+        worker_count=d.worker_count, skip_limits=limits)
+  except ValueError as e:  # shards that cannot feed this job (e.g. no records)
+    raise ConfigError(f"config.data.path: {e}") from None
   return Source(iterator, fmt.layout.tokens.empty)
+
+
+def check_codes_fit(path: str, model_cfg: MimoAudioConfig) -> None:
+  """The codec that wrote the shards (their plan.json) must have the LM's audio channels and
+  codebook sizes: otherwise every audio example would be skipped at templating time."""
+  plan = pretokenize.read_plan(path)
+  if plan is None:
+    logging.warning("%s has no plan.json: the codec's codebook sizes cannot be checked against "
+                    "the model", path)
+    return
+  n_q, sizes = plan["n_q"], plan["codec"].get("codebook_sizes")
+  want = tuple(model_cfg.speech_zeroemb_idx)  # the empty id of a channel is its codebook size
+  if n_q != model_cfg.audio_channels or (sizes is not None and tuple(sizes[:n_q]) != want):
+    raise ConfigError(f"config.data.path: the shards in {path} hold codes of {n_q} RVQ stages "
+                      f"with codebook sizes {sizes and tuple(sizes[:n_q])}; the model reads "
+                      f"{model_cfg.audio_channels} channels of sizes {want}: pre-tokenise with "
+                      f"the model's codec, or change config.model")
