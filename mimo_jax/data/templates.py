@@ -9,6 +9,7 @@ answer (spec §3.5 stop sets for the SFT tasks), so a generator needs nothing el
   ex = templates.asr_sft(fmt, audio_tc)                # prompt
   ex.ids_kl                                            # [1 + C, G * P] int32, feed to generate
   ex.stop_tokens                                       # (<|endoftext|>, <|im_end|>)
+  templates.tts(fmt, "hi").stream_text_ids             # what the answer stream will say
   train = templates.asr_sft(fmt, audio_tc, "hello")    # same prompt + answer + <|im_end|>
   train.loss_mask_p                                    # True on the answer positions only
 
@@ -19,7 +20,7 @@ weights decide which channels count; each document ends with `<|endoftext|>`):
 |---|---|---|
 | `interleaved` | stream(text, audio) | `<|sostm|>` |
 | `asr` | audio span, `\\n`, transcript | `\\n` |
-| `audio_caption` | audio span, `\\nDescription: `, caption | `\\nDescription: ` |
+| `audio_caption` | audio span, `Description: `, caption | `Description: ` |
 | `tts` | text, `\\n`, stream(text, audio) | `<|sostm|>` |
 | `speech_continuation` | one span: prompt audio + continuation | prompt audio (span open) |
 | `text` | prompt text + continuation | the prompt text |
@@ -133,6 +134,9 @@ class Example:
   loss_mask_p: np.ndarray
   prompt_positions: int
   stop_tokens: tuple[int, ...]
+  # Text ids [n] the answer stream speaks when the prompt already says them (TTS), so a
+  # generator may give the stream's text channel instead of sampling it; None otherwise.
+  stream_text_ids: np.ndarray | None = None
 
   @property
   def n_positions(self) -> int:
@@ -199,10 +203,11 @@ def asr(fmt: Formatter, audio_tc: np.ndarray, text: str | None = None) -> Exampl
 
 
 def audio_caption(fmt: Formatter, audio_tc: np.ndarray, caption: str | None = None) -> Example:
-  """Audio captioning (pre-training): the audio span, `\\nDescription: `, then a description.
-  The cue keeps its prompt apart from ASR's: with the same prompt a model cannot know whether
-  to transcribe or describe."""
-  return _audio_to_text(fmt, "audio_caption", audio_tc, caption, "\nDescription: ")
+  """Audio captioning (pre-training): the audio span, `Description: `, then a description.
+  No task's prompt may be a prefix of another task's example: ASR's prompt (span, `\\n`) would
+  then be continued with the fixed cue, the likeliest continuation, instead of a transcript. So
+  the cue differs from ASR's at the first position after the span."""
+  return _audio_to_text(fmt, "audio_caption", audio_tc, caption, "Description: ")
 
 
 def _audio_to_text(fmt: Formatter, task: str, audio_tc: np.ndarray, text: str | None,
@@ -220,8 +225,9 @@ def tts(fmt: Formatter, text: str, audio_tc: np.ndarray | None = None) -> Exampl
   _require("tts", text=text)
   prompt = [fmt.data(text), fmt.markup("\n")]
   if audio_tc is None:
-    return _example(fmt, "tts", _prompt_with_stream_open(fmt, prompt), None, [],
-                    ("<|eostm|>", _EOS), True)
+    example = _example(fmt, "tts", _prompt_with_stream_open(fmt, prompt), None, [],
+                       ("<|eostm|>", _EOS), True)
+    return dataclasses.replace(example, stream_text_ids=fmt.data(text).ids_n)
   _require("tts", audio_tc=audio_tc)
   return _example(fmt, "tts", prompt, [fmt.stream(text, audio_tc), fmt.markup(_EOS)], [],
                   ("<|eostm|>", _EOS), True)
@@ -369,8 +375,10 @@ def tts_sft(fmt: Formatter, text: str, audio_tc: np.ndarray | None = None,
   _require("tts_sft", text=text)
   instruction = _pick(TTS_ZH if _is_zh(text) else TTS_EN, rng)
   user = Turn("user", (f"{instruction}: {text}",))
-  answer = None if audio_tc is None else Speech(text, audio_tc)
-  return chat(fmt, "tts_sft", [user], answer, speech_answer=True)
+  if audio_tc is None:
+    return dataclasses.replace(chat(fmt, "tts_sft", [user], None, speech_answer=True),
+                               stream_text_ids=fmt.data(text).ids_n)
+  return chat(fmt, "tts_sft", [user], Speech(text, audio_tc), speech_answer=True)
 
 
 def audio_understanding_sft(fmt: Formatter, audio_tc: np.ndarray, question: str,

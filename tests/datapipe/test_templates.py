@@ -61,7 +61,7 @@ CASES = [
      [("audio", None, A), ("text", "\nhello world" + EOS, None)]),
     ("audio_caption", lambda f: T.audio_caption(f, B, "a dog barks"),
      lambda f: T.audio_caption(f, B), [("audio", None, B),
-                                       ("text", "\nDescription: a dog barks" + EOS, None)]),
+                                       ("text", "Description: a dog barks" + EOS, None)]),
     ("tts", lambda f: T.tts(f, "good morning", A), lambda f: T.tts(f, "good morning"),
      [("text", "good morning\n", None), ("stream", "good morning", A), ("text", EOS, None)]),
     ("speech_continuation", lambda f: T.speech_continuation(f, A[:8], B),
@@ -111,10 +111,25 @@ def test_prompts_end_where_the_model_continues(fmt):
   assert tok.eosp in cont.stop_tokens
 
 
-def test_each_pretraining_task_has_its_own_prompt(fmt):
-  # A model told nothing but the audio cannot know whether to transcribe or describe it.
-  asr, caption = T.asr(fmt, A), T.audio_caption(fmt, A)
-  assert asr.ids_kl.shape != caption.ids_kl.shape or (asr.ids_kl != caption.ids_kl).any()
+@pytest.mark.parametrize("tokenizer", ["fixture", "bpe"])
+def test_no_prompt_is_a_prefix_of_another_tasks_example(fmt, tokenizer):
+  """A prompt that is also the start of another task's examples gets that task's answer: the
+  ASR prompt (span, newline) once began every caption, and greedy ASR answered with the
+  caption's fixed cue. Checked with the fixture's tokenizer and a small BPE trained on
+  transcripts, as the demo's is (its merges differ)."""
+  if tokenizer == "bpe":
+    texts = ["the kettle clicked off", "a dog barks twice", "she painted the kitchen green"]
+    fmt = T.Formatter.from_config(config.preset("tiny"),
+                                  TextTokenizer.train(texts * 4, vocab_size=300))
+  utt = T.Utterance("the kettle clicked off", A, speaker="en_us_m3", language="en")
+  prompts = {"asr": T.asr(fmt, A), "audio_caption": T.audio_caption(fmt, A),
+             "tts": T.tts(fmt, utt.text), "interleaved": T.interleaved(fmt)}
+  for task, prompt in prompts.items():
+    for other in prompts:
+      example = T.render(fmt, other, utt, np.random.default_rng(0))
+      is_prefix = (prompt.ids_kl.shape[1] <= example.ids_kl.shape[1] and np.array_equal(
+          example.ids_kl[:, :prompt.ids_kl.shape[1]], prompt.ids_kl))
+      assert is_prefix == (task == other), (task, other)
 
 
 @pytest.mark.parametrize("name", ["interleaved", "asr", "audio_caption", "tts",
@@ -240,7 +255,7 @@ def test_phase_mixtures(fmt):
       tasks.add(ex.task)
     assert tasks <= set(T.PHASE_MIXTURES[phase]) and len(tasks) > 1
   caption = _read(T.render(fmt, "audio_caption", utt, np.random.default_rng(0)), fmt)[1][1]
-  assert caption == ("\nDescription: Speech in English by speaker en_us_m3, 1.6 seconds long."
+  assert caption == ("Description: Speech in English by speaker en_us_m3, 1.6 seconds long."
                      + EOS)
 
 
