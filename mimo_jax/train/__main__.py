@@ -14,7 +14,9 @@
                          explicit jax.distributed settings (e.g. processes on one machine)
 
 Exit status: 0 when the run finished or saved a checkpoint on SIGTERM (preemption), 1 when it
-stopped on non-finite losses (after a checkpoint), 2 on a bad flag or config.
+stopped on non-finite losses (after a checkpoint), 2 on a bad flag, config, checkpoint or data
+that skips too much to train on, 143 when SIGTERM ended it before it could save (while setting
+up, or stuck; see mimo_jax/train/preemption.py): its latest checkpoint stands.
 """
 
 import os
@@ -61,15 +63,24 @@ def main(argv):
     sys.exit(2)
   _initialize_distributed()  # before any other JAX call
   from mimo_jax.config import ConfigError
+  from mimo_jax.data.packing import SkipError
   from mimo_jax.sharding import MeshError
+  from mimo_jax.train.checkpoint import CheckpointError
+  from mimo_jax.train.preemption import EXIT_STUCK, Preempted
   from mimo_jax.train import loop
   try:
     result = loop.train(_CONFIG.value, _WORKDIR.value, mesh_flag=_MESH.value,
                         init_from=_INIT_FROM.value)
-  except (ConfigError, MeshError) as e:
+  except (ConfigError, MeshError, CheckpointError, SkipError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Preempted:
+    message = (f"SIGTERM before the run could save; the latest checkpoint in {_WORKDIR.value} "
+               f"stands")
+    logging.warning("%s", message)
+    print(message, file=sys.stderr)
+    sys.exit(EXIT_STUCK)
   except loop.NonFiniteError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

@@ -21,14 +21,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import tempfile
 import time
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -41,6 +39,7 @@ from mimo_jax.nn.params import logical_axes
 from mimo_jax.train import config as train_config
 from mimo_jax.train import data, lora, metrics
 from mimo_jax.train.checkpoint import Checkpointer, restore_params
+from mimo_jax.train.preemption import Preempted, Preemption
 from mimo_jax.train.state import TrainSetup, abstract_params_of, create_state
 from mimo_jax.train.step import TrainStep, check_batch, make_train_step
 
@@ -132,27 +131,6 @@ def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
   return restore_params(ckpt_dir, abstract_params_of(setup, mesh), item=PARAMS)
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag that the loop checks after every step (all processes agree)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def agreed(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
-    return bool(np.max(flags))
-
-  def restore(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
-
-
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None = None,
           init_from: str | None = None, model_cfg: MimoAudioConfig | None = None,
           train_step: TrainStep | None = None, max_steps: int | None = None) -> RunResult:
@@ -164,16 +142,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
   """
   train_config.validate(cfg)
   check_workdir(cfg, workdir)
-  preemption = _Preemption()  # from here on SIGTERM means: save after the next step and exit
+  # From here on SIGTERM ends the run promptly (mimo_jax.train.preemption): while it sets up
+  # there is nothing to save, so the wait is cut short; in the loop it saves first.
+  preemption = Preemption(cfg.checkpoint.sigterm_grace_s)
   try:
-    return _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
-                  preemption)
+    with preemption.interruptible():
+      return _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
+                    preemption)
   finally:
-    preemption.restore()
+    preemption.close()
 
 
 def _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
-           preemption: _Preemption) -> RunResult:
+           preemption: Preemption) -> RunResult:
   if train_step is not None:
     mesh = train_step.batch_shardings["input_ids"].mesh
   else:
@@ -228,7 +209,7 @@ def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step:
 
 
 def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step: TrainStep,
-           iterator, state: dict, max_steps: int | None, preemption: _Preemption) -> RunResult:
+           iterator, state: dict, max_steps: int | None, preemption: Preemption) -> RunResult:
   t = cfg.train
   logs = log_dir(cfg, workdir)
   jsonl = os.path.join(logs, METRICS_FILE)
@@ -245,39 +226,71 @@ def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step:
   end = t.steps if max_steps is None else min(t.steps, max_steps)
   reason, step, saved_step = "finished", start, ckpt.latest_step()
   try:
-    while step < end:
-      batch = next(iterator)
-      began = time.perf_counter()
-      state, step_metrics = train_step.fn(state, batch)
-      step_metrics = jax.device_get(step_metrics)
-      step += 1
-      reporter.record(step, step_metrics, time.perf_counter() - began)
-      bad_steps = int(state["bad_steps"])
-      if bad_steps:
-        logging.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)",
-                        step, bad_steps)
-      if bad_steps >= t.max_bad_steps:
-        reason = "non_finite"
-        break
-      if preemption.agreed():
-        reason = "preempted"
-        break
-      if ckpt.save(step, split_state(state), iterator.grain):
+    # Steps and saves run to their end (SIGTERM is checked after each step); only the wait
+    # for a batch is cut short.
+    with preemption.shielded():
+      while step < end:
+        try:
+          batch = _next_batch(iterator, preemption)
+        except Preempted:
+          if jax.process_count() > 1:  # the others may be inside a step: no collective save
+            logging.error("SIGTERM while waiting for data: steps after checkpoint %s are lost",
+                          saved_step)
+            raise
+          reason = "preempted"
+          break
+        began = time.perf_counter()
+        state, step_metrics = train_step.fn(state, batch)
+        step_metrics = jax.device_get(step_metrics)
+        step += 1
+        reporter.record(step, step_metrics, time.perf_counter() - began,
+                        skipped=_skipped(iterator) if reporter.due(step) else None)
+        bad_steps = int(state["bad_steps"])
+        if bad_steps:
+          logging.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)",
+                          step, bad_steps)
+        if bad_steps >= t.max_bad_steps:
+          reason = "non_finite"
+          break
+        if preemption.agreed():
+          reason = "preempted"
+          break
+        if ckpt.save(step, split_state(state), iterator.grain):
+          saved_step = step
+          _plot(logs)
+      if saved_step != step and (reason != "finished" or step == t.steps):
+        ckpt.save(step, split_state(state), iterator.grain, force=True)
         saved_step = step
-        _plot(logs)
-    if saved_step != step and (reason != "finished" or step == t.steps):
-      ckpt.save(step, split_state(state), iterator.grain, force=True)
-      saved_step = step
-    ckpt.wait()
+      ckpt.wait()
   finally:
     reporter.close()
   _plot(logs)
-  logging.info("%s at step %d; latest checkpoint: %s", reason, step, saved_step)
+  logging.info("%s at step %d; latest checkpoint: %s; examples skipped so far: %s", reason, step,
+               saved_step, _skipped(iterator) or "none")
   if reason == "non_finite":
     raise NonFiniteError(f"stopped after {t.max_bad_steps} non-finite steps in a row at step "
                          f"{step}; checkpoint {saved_step} in {ckpt.directory} holds the last "
                          f"good params (skipped updates leave them unchanged)")
   return RunResult(reason, step, saved_step, state, setup)
+
+
+def _next_batch(iterator: data.pipeline.TrainIterator, preemption: Preemption) -> dict:
+  """The next batch. SIGTERM while waiting for it raises Preempted with the iterator put back
+  where it was (a read cut short can leave it mid-window), so that a save holds a position
+  that matches the state."""
+  before = iterator.get_state()
+  try:
+    with preemption.interruptible():
+      return next(iterator)
+  except Preempted:
+    if iterator.get_state() != before:
+      iterator.set_state(before)
+    raise
+
+
+def _skipped(iterator: data.pipeline.TrainIterator) -> dict[str, int]:
+  """Examples skipped so far per reason, summed over the processes (every process calls it)."""
+  return metrics.sum_counts(iterator.skipped())
 
 
 def _plot(logs: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 # Dense bf16 peak FLOP/s per chip (vendor data sheets). Keys match jax's device_kind, lower-case.
@@ -46,7 +47,8 @@ def peak_flops(chip: str = "") -> float | None:
 class Reporter:
   """Per-step records to JSONL (every step), console and TensorBoard (every `every` steps).
 
-  Only process 0 writes; every process may call it.
+  Only process 0 writes; every process may call it. Rows that are `due` may carry the examples
+  the data pipeline skipped so far, as `skipped/<reason>` counts.
   """
 
   def __init__(self, jsonl_path: str, tensorboard_dir: str | None, *, total_steps: int,
@@ -64,9 +66,16 @@ class Reporter:
     self._start_step, self._start_time = start_step, time.perf_counter()
     self._last_time = self._start_time
 
-  def record(self, step: int, metrics: dict[str, Any], step_time: float) -> dict[str, float]:
-    """Logs the metrics of the step that ended at `step` (1-based count of steps done)."""
+  def due(self, step: int) -> bool:
+    """Whether the row of `step` goes to the console and TensorBoard."""
+    return step % self.every == 0 or step == self.total_steps
+
+  def record(self, step: int, metrics: dict[str, Any], step_time: float,
+             skipped: dict[str, int] | None = None) -> dict[str, float]:
+    """Logs the metrics of the step that ended at `step` (1-based count of steps done) and, if
+    given, the examples skipped so far per reason."""
     row = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    row.update({f"skipped/{reason}": count for reason, count in (skipped or {}).items()})
     row["step"] = step
     row["step_time_s"] = step_time
     row["tokens_per_s"] = self.tokens_per_step / step_time if step_time > 0 else math.nan
@@ -76,7 +85,7 @@ class Reporter:
       return row
     with open(self.jsonl_path, "a") as f:
       f.write(json.dumps(row) + "\n")
-    if step % self.every == 0 or step == self.total_steps:
+    if self.due(step):
       self._console(step, row)
       if self._writer is not None:
         for k, v in row.items():
@@ -93,11 +102,15 @@ class Reporter:
     audio = "".join(f" c{i} {row[f'audio_loss_c{i}']:.3f}" for i in range(8)
                     if f"audio_loss_c{i}" in row)
     lrs = " ".join(f"{k[3:]} {v:.2e}" for k, v in row.items() if k.startswith("lr_"))
+    skips = {k[len("skipped/"):]: int(v) for k, v in row.items() if k.startswith("skipped/")}
+    skipped = (f" | skipped {sum(skips.values())} (" +
+               ", ".join(f"{k} {v}" for k, v in sorted(skips.items(), key=lambda kv: -kv[1])) +
+               ")") if skips else ""
     logging.info(
         "step %d/%d (%.0f%%) loss %.4f text %.4f acc %.3f%s | grad %.3f | lr %s | %.2fs/step "
-        "%.0f tok/s%s | ETA %s", step, self.total_steps, 100 * step / self.total_steps,
+        "%.0f tok/s%s | ETA %s%s", step, self.total_steps, 100 * step / self.total_steps,
         row["loss"], row["text_loss"], row["text_acc"], audio, row["grad_norm"], lrs,
-        row["step_time_s"], row["tokens_per_s"], mfu, _duration(eta))
+        row["step_time_s"], row["tokens_per_s"], mfu, _duration(eta), skipped)
 
   def close(self) -> None:
     if self._writer is not None:
@@ -107,6 +120,22 @@ class Reporter:
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def sum_counts(counts: dict[str, int]) -> dict[str, int]:
+  """Per-key sums of every process's counts (each process may have other keys); every process
+  must call it at the same point."""
+  if jax.process_count() == 1:
+    return dict(counts)
+  encoded = np.frombuffer(json.dumps(counts).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.array(len(encoded), np.int32))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:len(encoded)] = encoded
+  total: dict[str, int] = {}
+  for size, row in zip(sizes, multihost_utils.process_allgather(padded)):
+    for key, value in json.loads(bytes(row[:size]).decode()).items():
+      total[key] = total.get(key, 0) + value
+  return dict(sorted(total.items()))
 
 
 def read_jsonl(path: str) -> list[dict[str, float]]:
