@@ -6,6 +6,12 @@ on a GPU and on a TPU pod; only the mesh flag changes.
 
 Mesh axes: `data` (pure data parallel: replicated params), `fsdp` (data parallel with params,
 grads and optimizer state sharded), `tensor` (Megatron-style sharding of heads / FFN / vocab).
+
+Multi-slice (several TPU slices joined by the data-centre network, DCN): the flag's `dcn:N` is
+data parallelism between the N slices, and the flag's other sizes tile each slice. As in MaxText
+(`dcn_data_parallelism`), `dcn` is not an axis of its own: the mesh's `data` axis is dcn x data,
+slice-major, so the rules and every batch computation stay the same; only the gradient
+all-reduce crosses the slow network.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import linen as nn
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from mimo_jax.nn.params import init_params, logical_axes
 
 MESH_AXES = ("data", "fsdp", "tensor")
+FLAG_AXES = ("dcn", *MESH_AXES)  # --mesh items: `dcn` multiplies `data` (module doc)
 
 # Logical axis -> mesh axis (or axes, or None = replicated). Parameter axes come first; the
 # `activation_*` axes keep activations replicated over fsdp (FSDP shards weights, not features).
@@ -45,14 +53,16 @@ class MeshError(ValueError):
   """A bad --mesh flag; the message quotes it."""
 
 
-def parse_mesh(flag: str, n_devices: int) -> dict[str, int]:
-  """'data:1,fsdp:-1,tensor:1' -> {'data': 1, 'fsdp': n, 'tensor': 1}; one -1 takes the rest."""
+def parse_mesh(flag: str, n_devices: int, n_slices: int = 1) -> dict[str, int]:
+  """'data:1,fsdp:-1,tensor:1' -> {'dcn': 1, 'data': 1, 'fsdp': n, 'tensor': 1}: the sizes of
+  the mesh axes within one slice, and `dcn`, the number of slices (its default); one -1 takes
+  the rest of a slice."""
   sizes: dict[str, int] = {}
   for item in flag.split(","):
     name, sep, size = item.strip().partition(":")
-    if not sep or name not in MESH_AXES:
+    if not sep or name not in FLAG_AXES:
       raise MeshError(f"--mesh={flag!r}: expected comma-separated axis:size with axes from "
-                      f"{MESH_AXES}, got {item!r}")
+                      f"{FLAG_AXES}, got {item!r}")
     if name in sizes:
       raise MeshError(f"--mesh={flag!r}: axis {name!r} given twice")
     try:
@@ -61,27 +71,47 @@ def parse_mesh(flag: str, n_devices: int) -> dict[str, int]:
       raise MeshError(f"--mesh={flag!r}: size of {name!r} is not an integer: {size!r}") from None
     if sizes[name] == 0 or sizes[name] < -1:
       raise MeshError(f"--mesh={flag!r}: size of {name!r} must be positive or -1")
+  dcn = sizes.pop("dcn", n_slices)
+  if dcn != n_slices:
+    raise MeshError(f"--mesh={flag!r}: dcn:{dcn} but the devices form {n_slices} slice(s); dcn "
+                    f"is the data parallelism between slices and must equal their number")
+  per_slice = n_devices // n_slices
   fill = [name for name, size in sizes.items() if size == -1]
   if len(fill) > 1:
     raise MeshError(f"--mesh={flag!r}: only one axis may be -1, got {fill}")
   known = math.prod(size for size in sizes.values() if size != -1)
+  where = f"{per_slice} devices" + (" per slice" if n_slices > 1 else "")
   if fill:
-    if n_devices % known:
-      raise MeshError(f"--mesh={flag!r}: {n_devices} devices do not divide by {known}")
-    sizes[fill[0]] = n_devices // known
-  elif known != n_devices:
-    raise MeshError(f"--mesh={flag!r}: axes multiply to {known} but there are {n_devices} devices")
-  return {name: sizes.get(name, 1) for name in MESH_AXES}
+    if per_slice % known:
+      raise MeshError(f"--mesh={flag!r}: {where} do not divide by {known}")
+    sizes[fill[0]] = per_slice // known
+  elif known != per_slice:
+    raise MeshError(f"--mesh={flag!r}: axes multiply to {known} but there are {where}")
+  return {"dcn": dcn, **{name: sizes.get(name, 1) for name in MESH_AXES}}
+
+
+def num_slices(devices: Sequence[jax.Device]) -> int:
+  """TPU slices the devices span (devices of other platforms have no slice: one)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
 
 
 def make_mesh(flag: str = "data:1,fsdp:-1,tensor:1",
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh over all (global, multi-process) devices with Auto axes for logical-rule sharding."""
+  """A mesh over all (global, multi-process) devices with Auto axes for logical-rule sharding;
+  over several slices, a hybrid mesh whose `data` axis crosses the slices."""
   devices = list(jax.devices() if devices is None else devices)
-  sizes = parse_mesh(flag, len(devices))
-  shape = tuple(sizes[name] for name in MESH_AXES)
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  slices = num_slices(devices)
+  sizes = parse_mesh(flag, len(devices), slices)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if slices == 1:
+    return jax.make_mesh(tuple(sizes[name] for name in MESH_AXES), MESH_AXES,
+                         axis_types=axis_types, devices=devices)
+  # jax.make_mesh lays out one slice's torus; across slices the devices are grouped by
+  # slice_index, each slice tiled by the flag's sizes, slices stacked along `data`.
+  ici = [sizes[name] for name in MESH_AXES]
+  dcn = [sizes["dcn"] if name == "data" else 1 for name in MESH_AXES]
+  return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices), MESH_AXES,
+              axis_types=axis_types)
 
 
 def logical_to_spec(axes: Sequence[str | None]) -> PartitionSpec:

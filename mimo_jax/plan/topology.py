@@ -15,8 +15,7 @@ import os
 import re
 
 import jax
-import numpy as np
-from jax.sharding import AxisType, Mesh
+from jax.sharding import Mesh
 
 from mimo_jax import sharding
 from mimo_jax.train import metrics
@@ -141,21 +140,11 @@ def abstract_devices(topo: Topology) -> list:
 
 
 def topology_mesh(topo: Topology, mesh_flag: str) -> Mesh:
-  """A mesh over the topology's abstract devices. With several slices the `data` axis spans the
-  slices (data-centre network) and the flag's axes tile each slice (inter-chip interconnect)."""
-  devices = abstract_devices(topo)
-  if topo.num_slices == 1:
-    try:
-      return sharding.make_mesh(mesh_flag, devices=devices)
-    except NotImplementedError as e:  # jax.make_mesh's "cannot lay this out on the torus"
-      raise PlanError(f"--mesh={mesh_flag}: cannot be laid out on the {topo.topology_name} "
-                      f"torus (the training job's mesh would fail the same way): each mesh axis "
-                      f"must be a product of whole torus axes {topo.grid}. ({e})") from None
-  ici = sharding.parse_mesh(mesh_flag, topo.chips_per_slice)
-  dcn = {name: topo.num_slices if name == "data" else 1 for name in sharding.MESH_AXES}
-  from jax.experimental import mesh_utils
-  device_array = mesh_utils.create_hybrid_device_mesh(
-      [ici[name] for name in sharding.MESH_AXES], [dcn[name] for name in sharding.MESH_AXES],
-      devices)
-  return Mesh(np.asarray(device_array), sharding.MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES))
+  """The training job's mesh (`sharding.make_mesh`) over the topology's abstract devices: with
+  several slices the `data` axis spans them (dcn) and the flag's axes tile each slice."""
+  try:
+    return sharding.make_mesh(mesh_flag, devices=abstract_devices(topo))
+  except NotImplementedError as e:  # jax.make_mesh's "cannot lay this out on the torus"
+    raise PlanError(f"--mesh={mesh_flag}: cannot be laid out on the {topo.topology_name} "
+                    f"torus (the training job's mesh would fail the same way): each mesh axis "
+                    f"must be a product of whole torus axes {topo.grid}. ({e})") from None
