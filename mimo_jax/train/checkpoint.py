@@ -14,11 +14,14 @@ alone (phase 2 from phase 1, generation) and leave the optimizer behind.
   the next manager opens the directory.
 - Restoring takes abstract arrays (`jax.ShapeDtypeStruct` with a sharding): each leaf is read
   straight into that sharding, which may be on a different mesh than the one that saved it.
+  The data iterator's position is per process and cannot move to another process count (each
+  process reads its own slice of the records): such a restore is refused up front.
 """
 
 from __future__ import annotations
 
 import logging as pylogging
+import re
 from typing import Any, Mapping
 
 import grain
@@ -100,11 +103,27 @@ class Checkpointer:
     if missing:
       raise CheckpointError(f"checkpoint: step {step} in {self.directory} has no item "
                             f"{missing[0]!r} (it has {saved})")
+    if data_iterator is not None:
+      self._check_data_processes(step)
     args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
     if data_iterator is not None:
       args[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**args))
     return {name: restored[name] for name in abstract_items}
+
+  def _check_data_processes(self, step: int) -> None:
+    """Grain saves one `process_<i>-of-<n>.json` per process; a position is a place in that
+    process's slice of the records, which another process count slices differently."""
+    files = [p.name for p in (epath.Path(self.directory) / str(step) / DATA_ITEM).iterdir()]
+    counts = {int(m.group(1)) for m in map(re.compile(r"process_\d+-of-(\d+)\.json$").search,
+                                           files) if m}
+    if counts != {jax.process_count()}:
+      raise CheckpointError(
+          f"checkpoint: step {step} in {self.directory} holds the data iterator positions of "
+          f"{'/'.join(map(str, sorted(counts))) or 'no'} processes; this run has "
+          f"{jax.process_count()}. A data position cannot move to another process count: resume "
+          f"with {'/'.join(map(str, sorted(counts)))} processes, or start a new run from these "
+          f"params with --init_from (the data order starts afresh)")
 
   def wait(self) -> None:
     """Blocks until every started save is complete on disk."""
