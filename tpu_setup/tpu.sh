@@ -2,11 +2,12 @@
 # TPU VMs and pod slices for mimo-jax, from nothing to a running job:
 #
 #   tpu.sh create    create the TPU VM / pod slice (directly, or through a queued resource)
-#   tpu.sh install   copy this checkout to every worker and install it into ~/mimo-venv
+#   tpu.sh install   copy this checkout to every worker and install it into ~/mimo-venv (Python 3.11)
 #   tpu.sh data      upload local data to the bucket, or mount / fetch it on every worker
 #   tpu.sh run       start one command on every worker (same flags everywhere), detached
-#   tpu.sh logs      stream a job's log from one worker (or all)
-#   tpu.sh stop      SIGTERM the job on every worker (the trainer checkpoints and exits)
+#   tpu.sh logs      stream a job's log from one worker of the first slice (or all its workers)
+#   tpu.sh stop      SIGTERM the job on every worker and wait until it exits (the trainer
+#                    checkpoints first)
 #   tpu.sh delete    delete the TPU (and its queued resource)
 #
 # Every name comes from a flag or its environment variable and is checked before anything runs.
@@ -29,11 +30,12 @@ common flags (environment variable in brackets):
 create:  --version=RUNTIME [TPU_VERSION] (default per generation)  --spot  --queued
 install: --source=DIR (default: this checkout)
 data:    --bucket=gs://BUCKET [GCS_BUCKET] and one of
-           --upload=LOCAL_DIR --dest=PATH   copy LOCAL_DIR to gs://BUCKET/PATH (from this host)
-           --fetch=PATH --to=DIR            copy gs://BUCKET/PATH to DIR on every worker
-           --mount=DIR                      mount (needs gcsfuse on the image) the bucket at DIR on every worker (gcsfuse)
+           --upload=LOCAL_DIR --dest=PATH   LOCAL_DIR's contents to gs://BUCKET/PATH (from this host)
+           --fetch=PATH --to=DIR            gs://BUCKET/PATH's contents to DIR on every worker
+           --mount=DIR                      mount the bucket at DIR on every worker (gcsfuse,
+                                            installed when missing)
 run:     --job=NAME [TPU_JOB] -- COMMAND... (run in the checkout with ~/mimo-venv active)
-logs:    --job=NAME --worker=N|all (default 0)
+logs:    --job=NAME --worker=N|all (default 0; workers of the first slice)
 stop:    --job=NAME
 USAGE
 }
@@ -111,10 +113,17 @@ check slices "$SLICES" '^[1-9][0-9]*$' "slice count"
 
 GCLOUD_TPU=(gcloud compute tpus tpu-vm)
 WHERE=("--project=$PROJECT" "--zone=$ZONE")
-# Remote commands run in the checkout with the project's venv; logs and pid files in ~/mimo-logs.
+# Remote commands run in the checkout with the project's venv; a job's log, pid and exit status
+# go to ~/mimo-logs/JOB.{log,pid,exit}.
 REMOTE_DIR="\$HOME/mimo-jax"
 REMOTE_VENV="\$HOME/mimo-venv"
 REMOTE_LOGS="\$HOME/mimo-logs"
+# apt on a fresh VM: no prompts, and wait for the boot-time unattended upgrade to free the lock.
+APT="sudo DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=600"
+
+remote_mkdir() {  # remote_mkdir DIR: a folder the ssh user owns (sudo for /mnt/... and the like)
+  echo "{ mkdir -p $1 2>/dev/null || { sudo mkdir -p $1 && sudo chown \"\$(id -u):\$(id -g)\" $1; }; }"
+}
 
 nodes() {  # the TPU node names: NAME, or NAME-0..NAME-(N-1) for a multi-slice queued resource
   if ((SLICES == 1)); then echo "$NAME"; else seq -f "$NAME-%g" 0 $((SLICES - 1)); fi
@@ -126,6 +135,24 @@ on_workers() {  # on_workers WORKER REMOTE_COMMAND: ssh to those workers of ever
     do_cmd "${GCLOUD_TPU[@]}" ssh "$node" "${WHERE[@]}" "--worker=$1" "--command=$2"
   done
 }
+
+# The runtime images ship Python 3.10 (tpu-ubuntu2204-base, v2-alpha-*); the project needs
+# >= 3.11. Like Levanter's setup, take python3.11 with its venv module from the deadsnakes PPA
+# unless the image already has both. 3.11 is what the project is tested with (jax 0.10).
+PYTHON=python3.11
+PYTHON_SETUP="{ $PYTHON -m ensurepip --version >/dev/null 2>&1 || { $APT update && \
+$APT install -y software-properties-common && sudo add-apt-repository -y ppa:deadsnakes/ppa && \
+$APT install -y $PYTHON $PYTHON-venv; }; }"
+# A venv left by another Python (an older install) is rebuilt; an up-to-date one is kept, so a
+# reinstall only refreshes the code.
+VENV_SETUP="{ $REMOTE_VENV/bin/python -c 'import sys; assert sys.version_info >= (3, 11)' \
+2>/dev/null || $PYTHON -m venv --clear $REMOTE_VENV; }"
+# gcsfuse from Google's apt repository (its documented install), when the image lacks it.
+GCSFUSE_SETUP="{ command -v gcsfuse >/dev/null || { echo \"deb [signed-by=/usr/share/keyrings/\
+cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" | \
+sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null && curl -fsSL \
+https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/\
+cloud.google.asc >/dev/null && $APT update && $APT install -y gcsfuse; }; }"
 
 case "$COMMAND" in
   create)
@@ -168,24 +195,28 @@ case "$COMMAND" in
         --worker=all
     done
     on_workers all "mkdir -p $REMOTE_DIR && tar -xzf \$HOME/mimo-jax-src.tgz -C $REMOTE_DIR && \
-python3 -m venv $REMOTE_VENV && $REMOTE_VENV/bin/pip install -q -U pip && \
+$PYTHON_SETUP && $VENV_SETUP && $REMOTE_VENV/bin/pip install -q -U pip && \
 $REMOTE_VENV/bin/pip install -q -e \"${REMOTE_DIR}[tpu]\""
     ;;
   data)
     check bucket "$BUCKET" '^(gs://)?[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$' "bucket (gs://name)"
     BUCKET="gs://${BUCKET#gs://}"
     path_re='^[A-Za-z0-9_.][A-Za-z0-9_./-]*$'
+    # rsync, not `cp --recursive`: cp nests the folder inside a destination that already exists
+    # (a rerun lands in DEST/<name>/), rsync always puts the folder's contents in the
+    # destination, and a rerun copies only what changed.
     if [[ -n "$UPLOAD" ]]; then
       [[ -d "$UPLOAD" ]] || die "--upload=$UPLOAD: no such directory"
       check dest "$DEST" "$path_re" "bucket path"
-      do_cmd gcloud storage cp --recursive "$UPLOAD" "$BUCKET/$DEST"
+      do_cmd gcloud storage rsync --recursive "$UPLOAD" "$BUCKET/$DEST"
     elif [[ -n "$FETCH" ]]; then
       check fetch "$FETCH" "$path_re" "bucket path"
       check to "$TO" '^[A-Za-z0-9_.~/][A-Za-z0-9_./~-]*$' "worker directory"
-      on_workers all "mkdir -p $TO && gcloud storage cp --recursive $BUCKET/$FETCH $TO"
+      on_workers all "$(remote_mkdir "$TO") && gcloud storage rsync --recursive $BUCKET/$FETCH $TO"
     elif [[ -n "$MOUNT" ]]; then
       check mount "$MOUNT" '^[A-Za-z0-9_.~/][A-Za-z0-9_./~-]*$' "worker directory"
-      on_workers all "mkdir -p $MOUNT && gcsfuse --implicit-dirs ${BUCKET#gs://} $MOUNT"
+      on_workers all "$GCSFUSE_SETUP && $(remote_mkdir "$MOUNT") && \
+gcsfuse --implicit-dirs ${BUCKET#gs://} $MOUNT"
     else
       die "data: give one of --upload=DIR --dest=PATH, --fetch=PATH --to=DIR, --mount=DIR"
     fi
@@ -193,20 +224,31 @@ $REMOTE_VENV/bin/pip install -q -e \"${REMOTE_DIR}[tpu]\""
   run)
     check job "$JOB" '^[A-Za-z0-9_.-]+$' "job name"
     ((${#JOB_ARGS[@]})) || die "run: give the command after --, e.g. -- python -m mimo_jax.train"
-    job_cmd="$(show "${JOB_ARGS[@]}")"
-    # setsid + nohup: the job outlives the ssh session; its pid goes beside its log for `stop`.
+    logs="$REMOTE_LOGS/$JOB"
+    # A small bash wrapper starts the job, writes the job's own pid (what `stop` signals), waits
+    # and writes its exit status. setsid + nohup and the redirections detach it from the ssh
+    # session, which then ends at once: `run` goes on to the next slice while the job runs.
+    wrapper="$(show "${JOB_ARGS[@]}") & echo \$! > $logs.pid; wait \$!; echo \$? > $logs.exit"
     on_workers all "mkdir -p $REMOTE_LOGS && cd $REMOTE_DIR && \
-source $REMOTE_VENV/bin/activate && setsid nohup $job_cmd > $REMOTE_LOGS/$JOB.log 2>&1 < /dev/null & \
-echo \$! > $REMOTE_LOGS/$JOB.pid"
+source $REMOTE_VENV/bin/activate && rm -f $logs.pid $logs.exit && \
+{ setsid nohup bash -c $(show "$wrapper") > $logs.log 2>&1 < /dev/null & } && \
+until [ -s $logs.pid ]; do sleep 0.1; done"
     ;;
   logs)
     check job "$JOB" '^[A-Za-z0-9_.-]+$' "job name"
     check worker "$WORKER" '^([0-9]+|all)$' "worker (a number or all)"
-    on_workers "$WORKER" "tail -n 200 -F $REMOTE_LOGS/$JOB.log"
+    # tail -F never ends, so one slice only: the first, whose worker 0 is process 0.
+    do_cmd "${GCLOUD_TPU[@]}" ssh "$(nodes | head -n 1)" "${WHERE[@]}" "--worker=$WORKER" \
+      "--command=tail -n 200 -F $REMOTE_LOGS/$JOB.log"
     ;;
   stop)
     check job "$JOB" '^[A-Za-z0-9_.-]+$' "job name"
-    on_workers all "kill -TERM \$(cat $REMOTE_LOGS/$JOB.pid)"
+    logs="$REMOTE_LOGS/$JOB"
+    # Waits for the exit status, so that a `delete` after `stop` cannot cut the checkpoint short;
+    # a job that already ended only reports how.
+    on_workers all "if kill -TERM \$(cat $logs.pid) 2>/dev/null; then \
+until [ -e $logs.exit ]; do sleep 1; done; echo \"$JOB stopped: exit status \$(cat $logs.exit)\"; \
+else echo \"$JOB was not running: exit status \$(cat $logs.exit 2>/dev/null || echo unknown)\"; fi"
     ;;
   delete)
     if ((QUEUED)); then
