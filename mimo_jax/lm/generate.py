@@ -60,6 +60,7 @@ class State(NamedTuple):
   done_b: jax.Array  # bool [b]
   n_new_b: jax.Array  # int32 [b]: steps each row took before it stopped
   stopped_b: jax.Array  # bool [b]: the row ended on a stop token (not on max_new)
+  cache_full_b: jax.Array  # bool [b]: the row was ended because the KV cache had no free slot
   text_bn: jax.Array  # int32 [b, n]: generated text tokens (FILLER after a row stops)
   codes_bngc: jax.Array  # int32 [b, n, g, c]: generated patches (empty ids where none)
   keys_b: jax.Array  # PRNG keys, one per row
@@ -165,6 +166,7 @@ def prefill(params: dict, cfg: MimoAudioConfig, prompt_bkl: jax.Array, prompt_le
   return State(cache=cache, hidden_bd=hidden_bd, step=jnp.zeros((), jnp.int32),
                positions_b=prompt_len_b.astype(jnp.int32), done_b=jnp.zeros((b,), bool),
                n_new_b=jnp.zeros((b,), jnp.int32), stopped_b=jnp.zeros((b,), bool),
+               cache_full_b=jnp.zeros((b,), bool),
                text_bn=jnp.full((b, max_new), FILLER, jnp.int32),
                codes_bngc=jnp.broadcast_to(empty_c, (b, max_new, g, c)),
                keys_b=keys_b, text_logits_bnv=recorded[0], local_logits=recorded[1])
@@ -219,9 +221,13 @@ def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
   ids_bkl = jnp.concatenate([text_bl[:, None], codes_bgc.transpose(0, 2, 1)], axis=1)
   hidden_bd, cache = _feed(params, cfg, empty_id, ids_bkl, state.positions_b[:, None],
                            jnp.ones((b, 1), jnp.int32), state.cache)
+  # No slot left for the next step's token (a cache shorter than the buffers): end the rows that
+  # would go on, rather than let the next write clamp onto the last slot.
+  cache_full_b = ~done_b & (cache.index >= cache.positions_bs.shape[1])
   return state._replace(cache=cache, hidden_bd=hidden_bd, step=step + 1,
-                        positions_b=state.positions_b + 1, done_b=done_b, n_new_b=n_new_b,
-                        stopped_b=state.stopped_b | stop_b, text_bn=text_bn,
+                        positions_b=state.positions_b + 1, done_b=done_b | cache_full_b,
+                        n_new_b=n_new_b, stopped_b=state.stopped_b | stop_b,
+                        cache_full_b=state.cache_full_b | cache_full_b, text_bn=text_bn,
                         codes_bngc=codes_bngc, text_logits_bnv=text_logits_bnv,
                         local_logits=recorded_local)
 
@@ -262,11 +268,13 @@ class Request:
 @dataclasses.dataclass(frozen=True)
 class Generation:
   """What one row generated: its new columns [1 + c, g * n] (text at each group's first column,
-  FILLER in the others, as the layout writes it), whether it ended on a stop token, and the
-  recorded logits (text [n, v]; per channel [n, g, v_c]) when asked for."""
+  FILLER in the others, as the layout writes it), whether it ended on a stop token, whether it
+  was cut short because the KV cache was full, and the recorded logits (text [n, v]; per channel
+  [n, g, v_c]) when asked for."""
 
   tokens_kl: np.ndarray
   stopped: bool
+  cache_full: bool = False
   text_logits_nv: np.ndarray | None = None
   local_logits: tuple | None = None
 
@@ -327,6 +335,7 @@ def unpack(cfg: MimoAudioConfig, state: State, n_rows: int) -> list[Generation]:
   g = cfg.group_size
   text_bn, codes_bngc = np.asarray(state.text_bn), np.asarray(state.codes_bngc)
   n_new_b, stopped_b = np.asarray(state.n_new_b), np.asarray(state.stopped_b)
+  cache_full_b = np.asarray(state.cache_full_b)
   out = []
   for i in range(n_rows):
     n = int(n_new_b[i])
@@ -337,7 +346,7 @@ def unpack(cfg: MimoAudioConfig, state: State, n_rows: int) -> list[Generation]:
     if state.text_logits_bnv is not None:
       recorded = dict(text_logits_nv=np.asarray(state.text_logits_bnv[i, :n]),
                       local_logits=tuple(np.asarray(l[i, :n]) for l in state.local_logits))
-    out.append(Generation(tokens_kl, bool(stopped_b[i]), **recorded))
+    out.append(Generation(tokens_kl, bool(stopped_b[i]), bool(cache_full_b[i]), **recorded))
   return out
 
 
