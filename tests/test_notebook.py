@@ -1,6 +1,7 @@
 """The quickstart notebook runs top to bottom (nbclient): tiny training, generation from its
 checkpoint, and a plan, here of the tiny config for a v5e 2x2 slice instead of the 7B on v5p-64
-(which takes minutes to compile). The install cell (tagged skip-ci) is left out."""
+(which takes minutes to compile). The install cell (tagged skip-ci) is left out. The kernel
+starts outside the checkout, as in Colab (/content), with MIMO_JAX_REPO naming the checkout."""
 
 import importlib.util
 import os
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs nbclient, nbformat, ipykernel and libtpu (the test extra)")
 
 
-def test_quickstart_runs_top_to_bottom(tmp_path):
+def test_quickstart_runs_top_to_bottom(tmp_path, monkeypatch):
   import nbclient
   import nbformat
 
@@ -32,13 +33,16 @@ def test_quickstart_runs_top_to_bottom(tmp_path):
       "PLAN_TOPOLOGY = 'v5e:2x2'",
       "PLAN_OVERRIDES = {'train.phase': 'understanding'}",
   ])
-  client = nbclient.NotebookClient(
-      nb, timeout=600, kernel_name="python3",
-      resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}})
+  elsewhere = tmp_path / "content"
+  elsewhere.mkdir()
+  monkeypatch.setenv("MIMO_JAX_REPO", ROOT)  # the kernel inherits the environment
+  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                   resources={"metadata": {"path": str(elsewhere)}})
   client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
 
   text = "\n".join(output.get("text", "") + str(output.get("data", {}).get("text/markdown", ""))
                    for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs)
+  assert f"checkout: {ROOT}" in text
   assert "finished after 4 steps" in text
   assert "text ids:" in text
   assert "**Verdict: fits**" in text and "train/understanding on v5e:2x2" in text
