@@ -22,6 +22,10 @@ The workdir holds:
   tensorboard/                      the same scalars every `log_every` steps
   export/                           official tokenizer folder of the final weights
 
+SIGTERM (preemption) saves a checkpoint after the step in flight and exits 0, as the LM trainer
+does (`mimo_jax.train.preemption`: a wait for data is cut short, a process stuck in a compile is
+ended with status 143 after the grace period).
+
 Data: a JSONL manifest (`mimo_jax.data.manifest`); random crops of `crop_seconds` from each clip
 (zero-padded with their valid length when shorter), shuffled, repeated, batched by Grain.
 Unusable clips are skipped and counted by reason: up front from the manifest's durations, and at
@@ -55,6 +59,7 @@ from mimo_jax.data import manifest
 from mimo_jax.nn.params import init_params, logical_axes
 from mimo_jax.train.checkpoint import Checkpointer, abstract_like, quiet_orbax_logs
 from mimo_jax.train.metrics import truncate_jsonl
+from mimo_jax.train.preemption import EXIT_STUCK, GRACE_S, Preempted, Preemption
 
 CHECKPOINT_DIR = "checkpoints"
 STATE = "state"
@@ -264,6 +269,7 @@ class RunResult:
   step: int
   rows: list[dict[str, float]]  # the metrics of the steps this call ran
   state: dict
+  reason: str = "finished"  # or "preempted" (SIGTERM: saved at `step`), "stopped" (stop_after)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None,
@@ -272,6 +278,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   without a final save, as a kill would (tests and benchmarks); `devices` restricts the mesh to
   those devices (default: all)."""
   validate(config)
+  preemption = Preemption(GRACE_S)
+  try:
+    with preemption.interruptible():  # setting up: nothing to save yet
+      return _train(config, workdir, stop_after, devices, preemption)
+  finally:
+    preemption.close()
+
+
+def _train(config, workdir: str, stop_after: int | None, devices: list | None,
+           preemption: Preemption) -> RunResult:
   cfg = codec_from(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   rows_split = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -313,41 +329,52 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     rows, t_start, end = [], time.perf_counter(), config.steps
     if stop_after is not None:
       end = min(end, stop_after)
-    for step in range(start, end):
-      local = next(iterator)
-      batch = {"wav": jax.make_array_from_process_local_data(wav_sharding, local["wav"]),
-               "lengths": jax.make_array_from_process_local_data(len_sharding,
-                                                                 local["lengths"])}
-      t0 = time.perf_counter()
-      state, metrics = step_fn(state, batch)
-      row = flatten_metrics(jax.device_get(metrics))
-      row.update(step=step + 1, step_time_s=time.perf_counter() - t0,
-                 skipped_clips=loader.skips.total)  # refused since this process started
-      rows.append(row)
-      if not np.isfinite(row["loss"]):
-        ckpt.wait()
-        raise FloatingPointError(f"step {step + 1}: non-finite loss {row['loss']}; the last "
-                                 f"checkpoint is step {ckpt.latest_step()}")
-      if jax.process_index() == 0:
-        with open(jsonl, "a") as f:
-          f.write(json.dumps(row) + "\n")
-      if step == start:  # the first step's time is mostly compilation: rates start after it
-        t_start = time.perf_counter()
-      if (step + 1) % config.log_every == 0 or step + 1 == end:
-        _log(row, config.steps, start + 1, t_start, writer)
-      ckpt.save(step + 1, {STATE: state}, iterator)
-    if stop_after is None or end == config.steps:
-      ckpt.save(end, {STATE: state}, iterator, force=ckpt.latest_step() != end)
-    ckpt.wait()
+    done, reason = start, "finished" if end == config.steps else "stopped"
+    with preemption.shielded():  # steps and saves run to their end; SIGTERM is checked after each
+      for step in range(start, end):
+        local = preemption.next(iterator)
+        if local is None:
+          reason = "preempted"
+          break
+        batch = {"wav": jax.make_array_from_process_local_data(wav_sharding, local["wav"]),
+                 "lengths": jax.make_array_from_process_local_data(len_sharding,
+                                                                   local["lengths"])}
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, batch)
+        row = flatten_metrics(jax.device_get(metrics))
+        row.update(step=step + 1, step_time_s=time.perf_counter() - t0,
+                   skipped_clips=loader.skips.total)  # refused since this process started
+        rows.append(row)
+        if not np.isfinite(row["loss"]):
+          ckpt.wait()
+          raise FloatingPointError(f"step {step + 1}: non-finite loss {row['loss']}; the last "
+                                   f"checkpoint is step {ckpt.latest_step()}")
+        done = step + 1
+        if jax.process_index() == 0:
+          with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if step == start:  # the first step's time is mostly compilation: rates start after it
+          t_start = time.perf_counter()
+        if done % config.log_every == 0 or done == end:
+          _log(row, config.steps, start + 1, t_start, writer)
+        ckpt.save(done, {STATE: state}, iterator)
+        if preemption.agreed():
+          reason = "preempted"
+          break
+      if reason != "stopped":
+        ckpt.save(done, {STATE: state}, iterator, force=ckpt.latest_step() != done)
+      ckpt.wait()
     ckpt.close()
     if writer is not None:
       writer.close()
   if loader.skips.total:
     logging.warning("clips refused while loading: %s", loader.skips.to_json())
-  if end == config.steps and config.export and jax.process_index() == 0:
+  if reason == "preempted":
+    logging.info("preempted at step %d; checkpoint %d in %s", done, done, workdir)
+  elif done == config.steps and config.export and jax.process_index() == 0:
     codec_checkpoint.export_codec(jax.device_get(state["codec"]), cfg,
                                   os.path.join(workdir, "export"))
-  return RunResult(step=end, rows=rows, state=state)
+  return RunResult(step=done, rows=rows, state=state, reason=reason)
 
 
 def _log(row, total, start, t_start, writer) -> None:
@@ -389,7 +416,12 @@ def main(argv):
   except CodecTrainError as e:
     logging.error("%s", e)
     raise SystemExit(2) from None
-  logging.info("finished at step %d: %s", result.step, result.rows[-1] if result.rows else {})
+  except Preempted:
+    logging.warning("SIGTERM before the run could save; the latest checkpoint in %s stands",
+                    args.workdir)
+    raise SystemExit(EXIT_STUCK) from None
+  logging.info("%s at step %d: %s", result.reason, result.step,
+               result.rows[-1] if result.rows else {})
 
 
 if __name__ == "__main__":

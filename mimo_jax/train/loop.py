@@ -39,7 +39,7 @@ from mimo_jax.nn.params import logical_axes
 from mimo_jax.train import config as train_config
 from mimo_jax.train import data, lora, metrics
 from mimo_jax.train.checkpoint import Checkpointer, restore_params
-from mimo_jax.train.preemption import Preempted, Preemption
+from mimo_jax.train.preemption import Preemption
 from mimo_jax.train.state import TrainSetup, abstract_params_of, create_state
 from mimo_jax.train.step import TrainStep, check_batch, make_train_step
 
@@ -230,13 +230,8 @@ def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step:
     # for a batch is cut short.
     with preemption.shielded():
       while step < end:
-        try:
-          batch = _next_batch(iterator, preemption)
-        except Preempted:
-          if jax.process_count() > 1:  # the others may be inside a step: no collective save
-            logging.error("SIGTERM while waiting for data: steps after checkpoint %s are lost",
-                          saved_step)
-            raise
+        batch = preemption.next(iterator)
+        if batch is None:
           reason = "preempted"
           break
         began = time.perf_counter()
@@ -272,20 +267,6 @@ def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step:
                          f"{step}; checkpoint {saved_step} in {ckpt.directory} holds the last "
                          f"good params (skipped updates leave them unchanged)")
   return RunResult(reason, step, saved_step, state, setup)
-
-
-def _next_batch(iterator: data.pipeline.TrainIterator, preemption: Preemption) -> dict:
-  """The next batch. SIGTERM while waiting for it raises Preempted with the iterator put back
-  where it was (a read cut short can leave it mid-window), so that a save holds a position
-  that matches the state."""
-  before = iterator.get_state()
-  try:
-    with preemption.interruptible():
-      return next(iterator)
-  except Preempted:
-    if iterator.get_state() != before:
-      iterator.set_state(before)
-    raise
 
 
 def _skipped(iterator: data.pipeline.TrainIterator) -> dict[str, int]:

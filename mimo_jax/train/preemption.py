@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -27,6 +28,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 EXIT_STUCK = 128 + signal.SIGTERM
+GRACE_S = 120.0  # the default time from SIGTERM to the watchdog's exit
 
 
 class Preempted(BaseException):
@@ -89,6 +91,25 @@ class Preemption:
       yield
     finally:
       self._interruptible = depth
+
+  def next(self, iterator: Any) -> Any | None:
+    """The iterator's next item, waited for interruptibly; None if SIGTERM cut the wait short.
+    The iterator is then put back where it was (a read cut short can leave it mid-window), so
+    that a checkpoint saved now holds a position that matches the state. With several processes
+    `Preempted` propagates instead: the others may be inside a step, where a collective save
+    would wait for ever."""
+    before = iterator.get_state()
+    try:
+      with self.interruptible():
+        return next(iterator)
+    except Preempted:
+      if iterator.get_state() != before:
+        iterator.set_state(before)
+      if jax.process_count() > 1:
+        logging.error("SIGTERM while waiting for data: steps after the latest checkpoint are "
+                      "lost")
+        raise
+      return None
 
   def agreed(self) -> bool:
     """Whether any process got SIGTERM; every process must call it at the same point."""

@@ -9,6 +9,7 @@ shown by experiments/bench/codec_train.py (results in experiments/results/codec_
 
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -149,3 +150,31 @@ def test_data_skips_unusable_clips_and_pads_short_ones(manifest, tmp_path):
   n = int(good[0]["duration"] * cfg.sampling_rate)
   assert item["wav"].shape == (crop,) and abs(int(item["lengths"]) - n) <= 1
   assert not np.any(item["wav"][item["lengths"]:]) and np.any(item["wav"][:item["lengths"]])
+
+
+def test_sigterm_saves_after_the_step_and_the_resumed_run_continues_exactly(full_run, manifest,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+  """SIGTERM during step 3 (as a preemption notice): the run saves checkpoint 3 (not on the
+  interval of 5) and returns "preempted"; the rerun continues from it with the losses of the
+  uninterrupted run. Before, SIGTERM killed the process and steps 1-3 were redone."""
+  _, reference = full_run
+  workdir = str(tmp_path / "preempted")
+  flatten, calls = train_codec.flatten_metrics, []
+
+  def flatten_and_signal(metrics):
+    calls.append(1)
+    if len(calls) == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return flatten(metrics)
+
+  monkeypatch.setattr(train_codec, "flatten_metrics", flatten_and_signal)
+  preempted = _train(_config(manifest), workdir, stop_after=KILL_AT)
+  monkeypatch.undo()
+  assert (preempted.reason, preempted.step) == ("preempted", 3)
+  assert [r["step"] for r in preempted.rows] == [1, 2, 3]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handler is gone
+  resumed = _train(_config(manifest), workdir, stop_after=5)
+  assert [r["step"] for r in resumed.rows] == [4, 5]
+  for row in resumed.rows:
+    assert row["loss"] == reference.rows[row["step"] - 1]["loss"], row["step"]

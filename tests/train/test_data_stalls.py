@@ -50,14 +50,16 @@ def shards(tmp_path_factory):
 def _command(shards, workdir, *flags):
   return [sys.executable, "-m", "mimo_jax.train", f"--config={CONFIG}", f"--workdir={workdir}",
           "--mesh=data:1,fsdp:8,tensor:1", "--config.data.source=shards",
-          f"--config.data.path={shards / 'data'}", f"--config.data.tokenizer={shards / 'tokenizer'}",
+          f"--config.data.path={shards / 'data'}",
+          f"--config.data.tokenizer={shards / 'tokenizer'}",
           "--config.train.phase=understanding", "--config.log.every_steps=1",
           "--config.log.tensorboard=False", "--config.checkpoint.async_save=False", *flags]
 
 
 def _env():
   return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-          "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+          "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
 def test_skips_are_counted_in_the_metrics_and_on_the_console(shards, tmp_path):
