@@ -273,6 +273,8 @@ def test_run_detaches_the_job_and_stop_signals_it(cloud, tmp_path):
     pid = int(read(f"{log}.pid"))
     assert f"job {pid} [\"it's two words\"]" in text  # the pid file names the job itself
     os.kill(pid, 0)  # still running
+  again = tpu("run", *SLICES, "--job=demo", "--", "python", "job.py", env=cloud.env)
+  assert again.returncode == 1 and "demo is still running: stop it first" in again.stderr
   out = cloud.tpu("stop", *SLICES, "--job=demo")
   assert out.splitlines() == ["demo stopped: exit status 0"] * 4
   for log in logs:

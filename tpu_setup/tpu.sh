@@ -228,9 +228,11 @@ gcsfuse --implicit-dirs ${BUCKET#gs://} $MOUNT"
     # A small bash wrapper starts the job, writes the job's own pid (what `stop` signals), waits
     # and writes its exit status. setsid + nohup and the redirections detach it from the ssh
     # session, which then ends at once: `run` goes on to the next slice while the job runs.
+    # A job of that name still running is refused: its pid file would be lost to `stop`.
     wrapper="$(show "${JOB_ARGS[@]}") & echo \$! > $logs.pid; wait \$!; echo \$? > $logs.exit"
     on_workers all "mkdir -p $REMOTE_LOGS && cd $REMOTE_DIR && \
-source $REMOTE_VENV/bin/activate && rm -f $logs.pid $logs.exit && \
+source $REMOTE_VENV/bin/activate && { ! kill -0 \$(cat $logs.pid 2>/dev/null) 2>/dev/null || \
+{ echo \"$JOB is still running: stop it first\" >&2; exit 1; }; } && rm -f $logs.pid $logs.exit && \
 { setsid nohup bash -c $(show "$wrapper") > $logs.log 2>&1 < /dev/null & } && \
 until [ -s $logs.pid ]; do sleep 0.1; done"
     ;;
