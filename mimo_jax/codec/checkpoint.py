@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
 from mimo_jax.codec import rvq
 from mimo_jax.codec.config import CodecConfig, load_codec_config, save_codec_config
@@ -30,8 +29,10 @@ def codec_specs(cfg: CodecConfig) -> dict:
           "quantizer": rvq.quantizer_specs(cfg)}
 
 
-def to_official(params: dict, cfg: CodecConfig) -> dict[str, np.ndarray]:
-  tensors = names.to_official({"encoder": params["encoder"], "decoder": params["decoder"]})
+def to_official(params: dict, cfg: CodecConfig) -> dict[str, Any]:
+  """Official name -> tensor in PyTorch layout, each read from `params` only when written."""
+  tensors: dict[str, Any] = names.to_official({"encoder": params["encoder"],
+                                               "decoder": params["decoder"]})
   tensors.update(rvq.to_official(params["quantizer"], cfg))
   tensors[ISTFT_WINDOW] = hann_window(cfg.nfft)
   return tensors
@@ -39,11 +40,7 @@ def to_official(params: dict, cfg: CodecConfig) -> dict[str, np.ndarray]:
 
 def official_shapes(cfg: CodecConfig) -> dict[str, tuple[int, ...]]:
   """Official name -> PyTorch shape of every tensor, computed from the specs (nothing allocated)."""
-  specs = codec_specs(cfg)
-  shapes = names.official_shapes({"encoder": specs["encoder"], "decoder": specs["decoder"]})
-  shapes.update(rvq.official_shapes(cfg))
-  shapes[ISTFT_WINDOW] = (cfg.nfft,)
-  return shapes
+  return {name: tuple(t.shape) for name, t in to_official(codec_specs(cfg), cfg).items()}
 
 
 def from_official(tensors, cfg: CodecConfig, dtype: Any = jnp.float32) -> dict:
@@ -55,8 +52,10 @@ def from_official(tensors, cfg: CodecConfig, dtype: Any = jnp.float32) -> dict:
   return params
 
 
-def export_codec(params: dict, cfg: CodecConfig, out_dir: str) -> list[str]:
-  files = save_safetensors(to_official(params, cfg), out_dir)
+def export_codec(params: dict, cfg: CodecConfig, out_dir: str, dtype: str = "float32") -> list[str]:
+  """Writes the official tokenizer folder, streaming one tensor at a time from `params` (host or
+  device arrays, sharded over any processes)."""
+  files = save_safetensors(to_official(params, cfg), out_dir, dtype=dtype)
   save_codec_config(cfg, out_dir)
   return ["config.json", *files]
 

@@ -11,12 +11,15 @@ Distances are always computed in float32, as the official code forces.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mimo_jax.codec.config import CodecConfig
-from mimo_jax.convert.names import ConversionError
+from mimo_jax.convert.names import ConversionError, to_host
+from mimo_jax.convert.safetensors_io import LazyTensor
 from mimo_jax.nn.params import ParamSpec
 
 # Names of the official per-stage tensors: encoder.quantizer.vq.layers.{i}._codebook.{leaf}.
@@ -77,14 +80,21 @@ def _check_n_q(cfg: CodecConfig, n_q: int) -> None:
     raise ValueError(f"n_q: must be in [1, num_quantizers={cfg.num_quantizers}], got {n_q}")
 
 
-def to_official(quantizer: dict, cfg: CodecConfig) -> dict[str, np.ndarray]:
+def to_official(quantizer: dict, cfg: CodecConfig) -> dict[str, LazyTensor]:
+  """The official per-stage tensors, each read from the stacked books only when written."""
+  shapes = official_shapes(cfg)
   out = {}
   for i, size in enumerate(cfg.codebook_sizes):
     for leaf in STATE_LEAVES:
-      array = np.asarray(quantizer[leaf][i])
-      out[OFFICIAL_TEMPLATE.format(i, leaf)] = np.ascontiguousarray(
-          array if leaf == "inited" else array[:size])
+      name = OFFICIAL_TEMPLATE.format(i, leaf)
+      rows = None if leaf == "inited" else size  # the padding rows are ours, not the model's
+      out[name] = LazyTensor(shapes[name], functools.partial(_stage, quantizer[leaf], i, rows))
   return out
+
+
+def _stage(stacked, stage: int, rows: int | None) -> np.ndarray:
+  array = to_host(stacked[stage])
+  return array if rows is None else array[:rows]
 
 
 def from_official(tensors, cfg: CodecConfig) -> dict:

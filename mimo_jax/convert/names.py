@@ -15,11 +15,16 @@ the layout:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
+from mimo_jax import sharding
+from mimo_jax.convert.safetensors_io import LazyTensor
 from mimo_jax.nn.params import ParamSpec, is_spec
 
 # Leaf name -> (official name, axis permutation from our layout to PyTorch's, or None).
@@ -48,6 +53,10 @@ def _template(keys: tuple[str, ...]) -> tuple[str, bool, tuple[int, ...] | None]
   return ".".join([*parts, name]), stacked, perm
 
 
+def _names(template: str, stacked: bool, shape: tuple[int, ...]) -> list[str]:
+  return [template.format(i) for i in range(shape[0])] if stacked else [template]
+
+
 def _official_shape(shape: tuple[int, ...], perm: tuple[int, ...] | None) -> tuple[int, ...]:
   return tuple(shape) if perm is None else tuple(shape[p] for p in perm)
 
@@ -60,56 +69,85 @@ def _from_torch(array: np.ndarray, perm: tuple[int, ...] | None) -> np.ndarray:
   return array if perm is None else np.transpose(array, np.argsort(perm))
 
 
-def to_official(params: Any) -> dict[str, np.ndarray]:
-  """Flat {official name: array} in PyTorch layout."""
-  out: dict[str, np.ndarray] = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+def to_host(x: Any) -> np.ndarray:
+  """x as a host array. A global array spread over processes is gathered first: a collective,
+  so every process reads the same tensors in the same order."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def _read(leaf: Any, layer: int | None, perm: tuple[int, ...] | None) -> np.ndarray:
+  # Only this tensor (one layer of a stacked leaf) comes to the host; the transpose is a view
+  # that the safetensors writer copies out in small cast blocks.
+  return _to_torch(to_host(leaf if layer is None else leaf[layer]), perm)
+
+
+def to_official(params: Any) -> dict[str, LazyTensor]:
+  """Flat {official name: LazyTensor in PyTorch layout}, nothing read until a tensor is asked
+  for. Leaves may be arrays, anything with `.shape` and per-layer indexing (e.g. LoRA's merged
+  view), or ParamSpecs (for names and shapes alone)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_spec)[0]:
     template, stacked, perm = _template(_keys(path))
-    array = np.asarray(leaf)
-    pieces = ([(template.format(i), array[i]) for i in range(array.shape[0])] if stacked
-              else [(template, array)])
-    for name, piece in pieces:
-      out[name] = np.ascontiguousarray(_to_torch(piece, perm))
+    shape = _official_shape(leaf.shape[1:] if stacked else leaf.shape, perm)
+    for i, name in enumerate(_names(template, stacked, leaf.shape)):
+      out[name] = LazyTensor(shape, functools.partial(_read, leaf, i if stacked else None, perm))
   return out
 
 
 def official_shapes(specs: Any) -> dict[str, tuple[int, ...]]:
   """Official name -> PyTorch shape of every tensor `specs` describes (nothing is allocated)."""
-  shapes = {}
-  for path, spec in jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)[0]:
-    template, stacked, perm = _template(_keys(path))
-    shape = _official_shape(spec.shape[1:] if stacked else spec.shape, perm)
-    names = [template.format(i) for i in range(spec.shape[0])] if stacked else [template]
-    shapes.update(dict.fromkeys(names, shape))
-  return shapes
+  return {name: t.shape for name, t in to_official(specs).items()}
 
 
-def from_official(tensors: Mapping[str, np.ndarray], specs: Any, dtype: Any = None) -> Any:
-  """Builds the tree described by `specs` from official tensors (extra tensors are ignored)."""
-  missing: list[str] = []
+def from_official(tensors: Mapping[str, np.ndarray], specs: Any, dtype: Any = None,
+                  mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Builds the tree `specs` describes from official tensors (extra tensors are ignored), as
+  arrays sharded over `mesh` by their logical axes (default: the first device), in `dtype`
+  (default: the checkpoint's).
 
-  def load(path: tuple, spec: ParamSpec) -> np.ndarray | None:
-    template, stacked, perm = _template(_keys(path))
-    shape = spec.shape[1:] if stacked else spec.shape
-    names = [template.format(i) for i in range(spec.shape[0])] if stacked else [template]
-    pieces = []
-    for name in names:
-      if name not in tensors:
-        missing.append(name)
-        continue
-      piece = tensors[name]
-      expected = _official_shape(shape, perm)
-      if tuple(piece.shape) != expected:
-        raise ConversionError(f"{name}: shape {tuple(piece.shape)} in the checkpoint, the model "
-                              f"expects {expected}")
-      pieces.append(_from_torch(piece, perm))
-    if len(pieces) != len(names):
-      return None
-    array = np.stack(pieces) if stacked else pieces[0]
-    return array if dtype is None else array.astype(dtype)
-
-  params = jax.tree_util.tree_map_with_path(load, specs, is_leaf=is_spec)
+  Each leaf is built in place on its devices, one official tensor at a time, so the host holds
+  a single tensor beyond the params being built, whatever the size of a stacked leaf.
+  """
+  mesh = mesh or sharding.make_mesh("data:1,fsdp:1,tensor:1", devices=jax.devices()[:1])
+  flat = jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)[0]
+  missing = [name for path, spec in flat for name in _names(*_template(_keys(path))[:2],
+                                                            spec.shape) if name not in tensors]
   if missing:
     raise ConversionError(f"{len(missing)} tensor(s) missing from the checkpoint, e.g. "
                           f"{sorted(missing)[:5]}")
-  return params
+
+  def load(path: tuple, spec: ParamSpec) -> jax.Array:
+    template, stacked, perm = _template(_keys(path))
+    expected = _official_shape(spec.shape[1:] if stacked else spec.shape, perm)
+    target = sharding.named_shardings(spec.axes, mesh)
+
+    def piece(name: str) -> np.ndarray:
+      array = tensors[name]
+      if tuple(array.shape) != expected:
+        raise ConversionError(f"{name}: shape {tuple(array.shape)} in the checkpoint, the model "
+                              f"expects {expected}")
+      array = _from_torch(np.asarray(array), perm)
+      return array if dtype is None else array.astype(dtype)
+
+    names = _names(template, stacked, spec.shape)
+    if not stacked:
+      return sharding.shard_params(piece(names[0]), spec.axes, mesh)
+    out = None
+    for i, name in enumerate(names):
+      layer = piece(name)
+      if out is None:
+        out = jnp.zeros(spec.shape, layer.dtype, device=target)
+      out = _layer_setter(target)(out, layer, i)
+    return out
+
+  return jax.tree_util.tree_map_with_path(load, specs, is_leaf=is_spec)
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_setter(target: jax.sharding.Sharding):
+  # Donated: the stacked leaf is updated in place, never copied. One compilation per sharding
+  # and leaf shape.
+  return jax.jit(lambda stacked, layer, i: jax.lax.dynamic_update_index_in_dim(
+      stacked, layer.astype(stacked.dtype), i, 0), out_shardings=target, donate_argnums=0)

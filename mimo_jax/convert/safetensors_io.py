@@ -1,28 +1,49 @@
 """Reading and writing safetensors checkpoints in the HF layout (one file, or shards + index).
 
-Only safetensors is ever read: no pickle. Reading is lazy (memory-mapped per tensor), so a 7B
-checkpoint is never held twice in host memory.
+Only safetensors is ever read: no pickle. Both directions go tensor by tensor: reading is lazy
+(one tensor per access), and writing takes tensors that may be `LazyTensor`s, each materialised
+only when its bytes are written and then dropped, so an export holds at most one tensor (plus a
+small cast buffer) beyond the params it reads from.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import math
 import os
-from typing import Iterator, Mapping
+import struct
+from typing import Any, Callable, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+# The safetensors header's dtype names.
+_HEADER_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
+# Rows are cast and written in blocks of about this size: the cast copy never holds a whole
+# tensor (a 7B embedding is 2.5 GB in float32).
+WRITE_BLOCK_BYTES = 16 * 2**20
 
 
 class CheckpointPathError(ValueError):
   """A checkpoint path that cannot be read or written; the message names it."""
+
+
+class LazyTensor:
+  """A tensor known by its shape, read only when `np.asarray` asks for it (then not kept)."""
+
+  def __init__(self, shape: tuple[int, ...], read: Callable[[], Any]):
+    self.shape = tuple(shape)
+    self._read = read
+
+  def __array__(self, dtype=None, copy=None):
+    del copy  # every read is a fresh array
+    array = np.asarray(self._read())
+    return array if dtype is None else array.astype(dtype)
 
 
 def _shard_name(i: int, n: int) -> str:
@@ -43,40 +64,79 @@ def _prepare_dir(out_dir: str) -> None:
     os.remove(stale)
 
 
-def save_safetensors(tensors: Mapping[str, np.ndarray], out_dir: str, *, dtype: str = "float32",
-                     max_shard_bytes: int = 5 * 2**30) -> list[str]:
-  """Writes the tensors (cast to `dtype`) as HF safetensors; returns the file names written.
-
-  Above `max_shard_bytes` the tensors are split, in the given order, into
-  model-XXXXX-of-YYYYY.safetensors files with a model.safetensors.index.json weight map.
-  """
+def check_dtype(dtype: str) -> None:
   if dtype not in EXPORT_DTYPES:
     raise CheckpointPathError(f"dtype: export dtype must be one of {sorted(EXPORT_DTYPES)}, got "
                               f"{dtype!r}")
-  _prepare_dir(out_dir)
-  cast = {name: np.ascontiguousarray(np.asarray(a).astype(EXPORT_DTYPES[dtype]))
-          for name, a in tensors.items()}
-  shards: list[dict[str, np.ndarray]] = [{}]
-  shard_bytes = 0
-  for name, array in cast.items():
-    if shards[-1] and shard_bytes + array.nbytes > max_shard_bytes:
+
+
+def shard_plan(tensors: Mapping[str, Any], dtype: str = "float32",
+               max_shard_bytes: int = 5 * 2**30) -> dict[str, dict[str, Any]]:
+  """File name -> the safetensors header of that file ({tensor: {dtype, shape, data_offsets}}),
+  from the shapes alone: one model.safetensors, or above `max_shard_bytes` the tensors in the
+  given order over model-XXXXX-of-YYYYY.safetensors files."""
+  check_dtype(dtype)
+  itemsize = np.dtype(EXPORT_DTYPES[dtype]).itemsize
+  shards: list[dict[str, Any]] = [{}]
+  offset = 0
+  for name, t in tensors.items():
+    size = math.prod(t.shape) * itemsize
+    if shards[-1] and offset + size > max_shard_bytes:
       shards.append({})
-      shard_bytes = 0
-    shards[-1][name] = array
-    shard_bytes += array.nbytes
+      offset = 0
+    shards[-1][name] = {"dtype": _HEADER_DTYPES[dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+    offset += size
   files = [SINGLE_FILE] if len(shards) == 1 else [
       _shard_name(i + 1, len(shards)) for i in range(len(shards))]
-  for file, shard in zip(files, shards):
-    tmp = os.path.join(out_dir, file + ".tmp")
-    save_file(shard, tmp, metadata={"format": "pt"})
-    os.replace(tmp, os.path.join(out_dir, file))
-  if len(shards) > 1:
-    index = {"metadata": {"total_size": sum(a.nbytes for a in cast.values())},
-             "weight_map": {name: file for file, shard in zip(files, shards) for name in shard}}
+  return dict(zip(files, shards))
+
+
+def save_safetensors(tensors: Mapping[str, Any], out_dir: str, *, dtype: str = "float32",
+                     max_shard_bytes: int = 5 * 2**30) -> list[str]:
+  """Writes the tensors (arrays or LazyTensors, cast to `dtype`) as HF safetensors laid out by
+  `shard_plan` (with a model.safetensors.index.json when sharded); returns the file names.
+  Each tensor is read, written and dropped in turn."""
+  plan = shard_plan(tensors, dtype, max_shard_bytes)
+  _prepare_dir(out_dir)
+  for file, header in plan.items():
+    _write_file(os.path.join(out_dir, file), header, tensors, dtype)
+  files = list(plan)
+  if len(plan) > 1:
+    weight_map = {name: file for file, header in plan.items() for name in header}
+    total = sum(entry["data_offsets"][1] - entry["data_offsets"][0]
+                for header in plan.values() for entry in header.values())
     with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
-      json.dump(index, f, indent=2)
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     files.append(INDEX_FILE)
   return files
+
+
+def _write_file(path: str, header: dict[str, Any], tensors: Mapping[str, Any],
+                dtype: str) -> None:
+  """One safetensors file: the header, then each of its tensors' bytes in order.
+
+  Written under a temporary name with plain `open`, so the file gets the default mode (umask)
+  like every other file we write, and a killed export leaves no half file under the real name.
+  """
+  out_dtype = np.dtype(EXPORT_DTYPES[dtype])
+  header_bytes = json.dumps({"__metadata__": {"format": "pt"}, **header},
+                            separators=(",", ":")).encode()
+  header_bytes += b" " * (-len(header_bytes) % 8)  # the format pads the header to 8 bytes
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(header_bytes)))
+    f.write(header_bytes)
+    for name, entry in header.items():
+      array = np.asarray(tensors[name])  # a LazyTensor is read here, dropped once written
+      if list(array.shape) != entry["shape"]:
+        raise ValueError(f"{name}: read shape {array.shape}, declared {entry['shape']}")
+      rows = max(1, WRITE_BLOCK_BYTES // max(1, math.prod(array.shape[1:]) * out_dtype.itemsize))
+      blocks = ([array] if array.ndim == 0 else
+                (array[start:start + rows] for start in range(0, array.shape[0], rows)))
+      for block in blocks:
+        f.write(np.ascontiguousarray(block, dtype=out_dtype).tobytes())
+  os.replace(tmp, path)
 
 
 class SafetensorsReader(Mapping[str, np.ndarray]):

@@ -4,8 +4,15 @@
                          --config.train.phase=generation --config.train.steps=100 ...
   --workdir              local folder or gs:// path; a workdir with a checkpoint is resumed
   --mesh                 overrides config.mesh, e.g. data:1,fsdp:-1,tensor:1
-  --export_dir           when the run finishes, write an official safetensors checkpoint there
-                         (LoRA adapters merged)
+  --export_dir           when the run finishes, write an official MiMo-Audio folder there
+                         (LoRA adapters merged; the same code as `python -m mimo_jax.convert`):
+                         config.json, safetensors, the text tokenizer's files
+  --export_dtype         float32 (default) or bfloat16
+  --export_tokenizer     the text tokenizer to put there (default: config.data.tokenizer, else
+                         the MiMo tokenizer); checked against the model before training starts
+  --export_codec         an official audio tokenizer folder to write into export_dir/audio_tokenizer
+  --force_resume         resume even if the config changes the model, the data stream or the
+                         optimizer state layout (refused by default; see train/run_json.py)
   --init_from            params to start from: another run's workdir or checkpoint folder
                          (phase 2 from phase 1; the optimizer starts fresh), or an official
                          MiMo-Audio safetensors folder (its config.json is the model)
@@ -32,6 +39,14 @@ _MESH = flags.DEFINE_string("mesh", None, "Mesh axes and sizes; default: the con
 _INIT_FROM = flags.DEFINE_string("init_from", None, "Params to start from (see module doc).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "When the run finishes, write its params "
                                   "here as an official MiMo-Audio checkpoint (LoRA merged).")
+_EXPORT_DTYPE = flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"],
+                                  "dtype of the exported safetensors.")
+_EXPORT_TOKENIZER = flags.DEFINE_string("export_tokenizer", None, "Text tokenizer for the export "
+                                        "(tokenizer.json or HF folder; default: the run's).")
+_EXPORT_CODEC = flags.DEFINE_string("export_codec", None, "Official audio tokenizer folder to "
+                                    "write into export_dir/audio_tokenizer.")
+_FORCE_RESUME = flags.DEFINE_bool("force_resume", False, "Resume even when the config changes "
+                                  "the model, the data stream or the optimizer state layout.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with no "
                                "arguments (TPU pods and clusters JAX detects).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
@@ -62,15 +77,29 @@ def main(argv):
     print(f"error: --config={config_file}: no such file", file=sys.stderr)
     sys.exit(2)
   _initialize_distributed()  # before any other JAX call
+  from mimo_jax.codec.config import load_codec_config
   from mimo_jax.config import ConfigError
+  from mimo_jax.convert.hf import tokenizer_writer
+  from mimo_jax.convert.safetensors_io import CheckpointPathError
+  from mimo_jax.data.tokenizer import TokenizerError
   from mimo_jax.data.packing import SkipError
   from mimo_jax.sharding import MeshError
   from mimo_jax.train.checkpoint import CheckpointError
   from mimo_jax.train.preemption import EXIT_STUCK, Preempted
-  from mimo_jax.train import loop
+  from mimo_jax.train import export, loop
+  tokenizer = None
+  try:
+    if _EXPORT_DIR.value:  # an unusable tokenizer or codec fails now, not after the training
+      tokenizer = _EXPORT_TOKENIZER.value or export.run_tokenizer(_WORKDIR.value, _CONFIG.value)
+      tokenizer_writer(tokenizer, loop.model_of(_CONFIG.value, _INIT_FROM.value).vocab_size)
+      if _EXPORT_CODEC.value:
+        load_codec_config(_EXPORT_CODEC.value)
+  except (ConfigError, CheckpointPathError, TokenizerError) as e:
+    print(f"error: --export_dir: {e}", file=sys.stderr)
+    sys.exit(2)
   try:
     result = loop.train(_CONFIG.value, _WORKDIR.value, mesh_flag=_MESH.value,
-                        init_from=_INIT_FROM.value)
+                        init_from=_INIT_FROM.value, force_resume=_FORCE_RESUME.value)
   except (ConfigError, MeshError, CheckpointError, SkipError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
@@ -88,7 +117,9 @@ def main(argv):
   print(f"{result.reason} at step {result.step}; checkpoint {result.checkpoint_step} in "
         f"{_WORKDIR.value}")
   if _EXPORT_DIR.value and result.reason == "finished":
-    files = loop.export(result.state, result.setup, _EXPORT_DIR.value)
+    files = export.export(result.state, result.setup, _EXPORT_DIR.value,
+                          dtype=_EXPORT_DTYPE.value, tokenizer=tokenizer,
+                          codec=_EXPORT_CODEC.value)
     if files:
       print(f"exported {', '.join(files)} to {_EXPORT_DIR.value}")
 

@@ -5,7 +5,10 @@
   workdir/checkpoints/<step>/{params,train,data}   Orbax (params, the rest of the state, and
                                                    each process's Grain iterator position)
   and in the log dir (config.log.dir, default the workdir):
-  run.json            the resolved config, model, optimizer and loss settings
+  run.json            the resolved config, the model config the params have (preset or
+                      imported), optimizer and loss settings; a resume that would change the
+                      model, the data stream or the optimizer state is refused
+                      (mimo_jax.train.run_json)
   metrics.jsonl       one row per step (losses, accuracies, LRs, grad and param norms, timing)
   tensorboard/        TensorBoard event files
   loss_curve.png      the loss curves, redrawn at every checkpoint and at the end
@@ -19,7 +22,6 @@ e.g. phase 2 from phase 1; or an official MiMo-Audio safetensors folder) or from
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -28,16 +30,14 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
-from jax.experimental import multihost_utils
 
 from mimo_jax import sharding
 from mimo_jax.config import ConfigError, MimoAudioConfig, load_config
-from mimo_jax.convert.hf import export_checkpoint, import_checkpoint
+from mimo_jax.convert.hf import import_checkpoint
 from mimo_jax.lm import flops as lm_flops
 from mimo_jax.lm import model as lm_model
-from mimo_jax.nn.params import logical_axes
 from mimo_jax.train import config as train_config
-from mimo_jax.train import data, lora, metrics
+from mimo_jax.train import data, metrics, run_json
 from mimo_jax.train.checkpoint import Checkpointer, restore_params
 from mimo_jax.train.preemption import Preemption
 from mimo_jax.train.state import TrainSetup, abstract_params_of, create_state
@@ -106,15 +106,12 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
 def refuse_lora_run(run_dir: str, flag: str) -> None:
   """A LoRA run's `params` item is the frozen base model (the adapters are saved with the
   optimizer state): loading it alone would silently drop the fine-tuning."""
-  run_json = os.path.join(run_dir, "run.json")
-  if not os.path.isfile(run_json):
-    return
-  with open(run_json) as f:
-    rank = json.load(f).get("optimizer", {}).get("lora_rank", 0)
+  rank = (run_json.read(run_dir) or {}).get("optimizer", {}).get("lora_rank", 0)
   if rank:
     raise ConfigError(f"{flag}={run_dir}: this run trained LoRA adapters (rank {rank}) and its "
                       f"params checkpoint is the frozen base; export it with the adapters "
-                      f"merged (python -m mimo_jax.train ... --export_dir=DIR) and use DIR")
+                      f"merged (python -m mimo_jax.convert --input={run_dir} --output=DIR, or "
+                      f"the launcher's --export_dir=DIR) and use DIR")
 
 
 def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
@@ -122,8 +119,9 @@ def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
   refuse_lora_run(init_from, "--init_from")
   if os.path.exists(os.path.join(init_from, "config.json")):
     logging.info("init_from: importing official safetensors from %s", init_from)
-    params, _ = import_checkpoint(init_from, setup.model, specs_fn=lm_model.param_specs)
-    return sharding.shard_params(params, logical_axes(setup.model_specs), mesh)
+    params, _ = import_checkpoint(init_from, setup.model, specs_fn=lm_model.param_specs,
+                                  mesh=mesh)
+    return params
   ckpt_dir = init_from
   if os.path.isdir(os.path.join(init_from, CHECKPOINT_DIR)):
     ckpt_dir = os.path.join(init_from, CHECKPOINT_DIR)
@@ -131,14 +129,33 @@ def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
   return restore_params(ckpt_dir, abstract_params_of(setup, mesh), item=PARAMS)
 
 
+def model_of(cfg: ml_collections.ConfigDict, init_from: str | None) -> MimoAudioConfig:
+  """The model a run trains: the one `init_from` holds (an official folder's config.json, or the
+  model another run's run.json records), else the config's. The compute fields (dtype, remat,
+  attention) are always the config's."""
+  model = train_config.model_from(cfg)
+  if not init_from:
+    return model
+  compute = dict(dtype=model.dtype, param_dtype=model.param_dtype,
+                 remat_policy=model.remat_policy, attention=model.attention)
+  if os.path.exists(os.path.join(init_from, "config.json")):
+    return load_config(init_from, **compute)
+  run_dir = (os.path.dirname(init_from.rstrip("/"))
+             if os.path.basename(init_from.rstrip("/")) == CHECKPOINT_DIR else init_from)
+  stored = run_json.read(run_dir)
+  return model if stored is None else run_json.model_config(stored, **compute)
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None = None,
           init_from: str | None = None, model_cfg: MimoAudioConfig | None = None,
-          train_step: TrainStep | None = None, max_steps: int | None = None) -> RunResult:
+          train_step: TrainStep | None = None, max_steps: int | None = None,
+          force_resume: bool = False) -> RunResult:
   """Runs (or resumes) the training job `cfg` in `workdir`.
 
-  mesh_flag overrides cfg.mesh; model_cfg overrides the config's model block (e.g. the
-  config.json of an imported checkpoint); train_step reuses an already built step and its mesh;
-  max_steps stops this call early (after that many steps in total) without ending the run.
+  mesh_flag overrides cfg.mesh; model_cfg overrides the model (default: `model_of`);
+  train_step reuses an already built step and its mesh; max_steps stops this call early (after
+  that many steps in total) without ending the run; force_resume resumes even when the config
+  changes what `run_json.resume_changes` guards.
   """
   train_config.validate(cfg)
   check_workdir(cfg, workdir)
@@ -148,22 +165,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
   try:
     with preemption.interruptible():
       return _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
-                    preemption)
+                    preemption, force_resume)
   finally:
     preemption.close()
 
 
 def _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
-           preemption: Preemption) -> RunResult:
+           preemption: Preemption, force_resume: bool) -> RunResult:
   if train_step is not None:
     mesh = train_step.batch_shardings["input_ids"].mesh
   else:
     mesh = sharding.make_mesh(mesh_flag or cfg.mesh)
-  if model_cfg is None and init_from and os.path.exists(os.path.join(init_from, "config.json")):
-    m = cfg.model  # an official checkpoint brings its own shape; the runtime fields stay ours
-    model_cfg = load_config(init_from, dtype=m.dtype, param_dtype=m.param_dtype,
-                            remat_policy=m.remat_policy)
-  setup = TrainSetup.from_config(cfg, model_cfg)
+  setup = TrainSetup.from_config(cfg, model_cfg or model_of(cfg, init_from))
   t = cfg.train
   if t.batch_size % jax.process_count():
     raise ConfigError(f"config.train.batch_size: {t.batch_size} does not divide over "
@@ -177,7 +190,7 @@ def _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
                       keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
   try:
     state = _initial_state(cfg, setup, mesh, ckpt, train_step, source.iterator.grain, workdir,
-                           init_from)
+                           init_from, force_resume)
     return _steps(cfg, setup, workdir, ckpt, train_step, source.iterator, state, max_steps,
                   preemption)
   finally:
@@ -185,12 +198,14 @@ def _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
 
 
 def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step: TrainStep,
-                   iterator, workdir: str, init_from: str | None) -> dict:
+                   iterator, workdir: str, init_from: str | None, force_resume: bool) -> dict:
   """The latest checkpoint of this run (with the iterator moved to its position), else a fresh
   state from init_from or random weights."""
   jsonl = os.path.join(log_dir(cfg, workdir), METRICS_FILE)
+  info = run_json.describe(cfg, setup.model, mesh, init_from)
   resume_step = ckpt.latest_step()
   if resume_step is not None:
+    info = run_json.check_resume(log_dir(cfg, workdir), info, force_resume)
     logging.info("resuming from %s/%d", ckpt.directory, resume_step)
     abstract = split_state(train_step.abstract_state)
     state = join_state(ckpt.restore(abstract, resume_step, data_iterator=iterator))
@@ -201,10 +216,7 @@ def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step:
     if os.path.exists(jsonl) and jax.process_index() == 0:
       os.remove(jsonl)  # the log of an attempt that never reached a checkpoint
   if jax.process_index() == 0:
-    with open(os.path.join(log_dir(cfg, workdir), "run.json"), "w") as f:
-      json.dump({**train_config.describe(cfg), "mesh": dict(mesh.shape),
-                 "init_from": init_from, "devices": jax.device_count(),
-                 "processes": jax.process_count()}, f, indent=2, default=str)
+    run_json.write(log_dir(cfg, workdir), info)
   return state
 
 
@@ -278,17 +290,3 @@ def _plot(logs: str) -> None:
   jsonl = os.path.join(logs, METRICS_FILE)
   if jax.process_index() == 0 and os.path.exists(jsonl):
     metrics.plot_losses(jsonl, os.path.join(logs, "loss_curve.png"))
-
-
-def export(state: dict, setup: TrainSetup, out_dir: str, dtype: str = "float32",
-           tokenizer_dir: str | None = None) -> list[str]:
-  """Writes the state's params as an official MiMo-Audio checkpoint (safetensors, config.json),
-  with LoRA adapters merged into their kernels."""
-  params = state["params"]
-  if "lora" in state:
-    params = jax.jit(lora.merge, static_argnums=(2, 3))(params, state["lora"],
-                                                        setup.opt.lora_rank, setup.opt.lora_alpha)
-  params = multihost_utils.process_allgather(params, tiled=True)  # every process takes part
-  if jax.process_index() != 0:
-    return []
-  return export_checkpoint(params, setup.model, out_dir, dtype=dtype, tokenizer_dir=tokenizer_dir)

@@ -9,8 +9,9 @@ model exactly. The tree mirrors the params: {"model": {"layers": {"self_attn": {
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 
 from mimo_jax.config import ConfigError
@@ -45,16 +46,46 @@ def specs(model_specs: dict, rank: int, targets: tuple[str, ...]) -> dict:
   return {"model": {"layers": out}}
 
 
-def merge(params: dict, adapters: dict, rank: int, alpha: float) -> dict:
-  """params with every adapted kernel replaced by W + (alpha / rank) * A @ B (same dtype as W)."""
-  scale = alpha / rank
+def merge_kernel(kernel_de: jax.Array, a_dr: jax.Array, b_re: jax.Array, scale: float
+                 ) -> jax.Array:
+  """W + scale * A @ B in float32, back in W's dtype (any leading layer axes)."""
+  delta_de = jnp.einsum("...dr,...re->...de", a_dr.astype(jnp.float32), b_re.astype(jnp.float32))
+  return (kernel_de.astype(jnp.float32) + scale * delta_de).astype(kernel_de.dtype)
+
+
+def _replace_adapted(params: dict, adapters: dict, merged: Callable[..., Any]) -> dict:
   layers = dict(params["model"]["layers"])
   for block, projections in adapters["model"]["layers"].items():
     layers[block] = dict(layers[block])
     for name, ab in projections.items():
       kernel_lde = layers[block][name]["kernel"]
-      delta_lde = jnp.einsum("ldr,lre->lde", ab["a"].astype(jnp.float32),
-                             ab["b"].astype(jnp.float32))
-      merged = (kernel_lde.astype(jnp.float32) + scale * delta_lde).astype(kernel_lde.dtype)
-      layers[block][name] = {**layers[block][name], "kernel": merged}
+      layers[block][name] = {**layers[block][name], "kernel": merged(kernel_lde, ab["a"], ab["b"])}
   return {**params, "model": {**params["model"], "layers": layers}}
+
+
+def merge(params: dict, adapters: dict, rank: int, alpha: float) -> dict:
+  """params with every adapted kernel replaced by W + (alpha / rank) * A @ B (same dtype as W)."""
+  return _replace_adapted(params, adapters,
+                          lambda w, a, b: merge_kernel(w, a, b, alpha / rank))
+
+
+class MergedLayers:
+  """A stacked adapted kernel whose layer i is merged only when indexed: an export streams the
+  merged model one layer at a time instead of holding a merged copy of every kernel."""
+
+  def __init__(self, kernel_lde: jax.Array, a_ldr: jax.Array, b_lre: jax.Array, scale: float):
+    self.shape, self.dtype = kernel_lde.shape, kernel_lde.dtype
+    self._kernel, self._a, self._b, self._scale = kernel_lde, a_ldr, b_lre, scale
+
+  def __getitem__(self, layer: int) -> jax.Array:
+    return _merge_layer(self._kernel[layer], self._a[layer], self._b[layer], self._scale)
+
+
+_merge_layer = jax.jit(merge_kernel, static_argnums=3)
+
+
+def merged_view(params: dict, adapters: dict, rank: int, alpha: float) -> dict:
+  """params whose adapted kernels are MergedLayers (read per layer, e.g. by
+  `convert.names.to_official`); nothing is computed until a layer is read."""
+  return _replace_adapted(params, adapters,
+                          lambda w, a, b: MergedLayers(w, a, b, alpha / rank))

@@ -142,7 +142,7 @@ def test_round_trip_is_bit_identical_with_tokenizer_beside(tmp_path, official_ti
   cfg = config.tiny()
   params = random_params(model.param_specs(cfg))
   files = export_checkpoint(params, cfg, str(tmp_path), max_shard_bytes=200_000,
-                            tokenizer_dir=official_tiny_lm_dir)
+                            tokenizer=official_tiny_lm_dir)
   assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= set(files)
   back, _ = import_checkpoint(str(tmp_path), cfg, specs_fn=model.param_specs)
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
@@ -153,9 +153,10 @@ def test_round_trip_is_bit_identical_with_tokenizer_beside(tmp_path, official_ti
 
 def test_export_without_a_tokenizer_json_is_named(tmp_path):
   cfg = config.tiny()
-  with pytest.raises(CheckpointPathError, match=f"tokenizer_dir {tmp_path} has no tokenizer.json"):
+  with pytest.raises(CheckpointPathError,
+                     match=f"tokenizer folder {tmp_path} has no tokenizer.json"):
     export_checkpoint(random_params(model.param_specs(cfg)), cfg, str(tmp_path / "out"),
-                      tokenizer_dir=str(tmp_path))
+                      tokenizer=str(tmp_path))
 
 
 def test_7b_names_and_shapes_are_the_spec_table():
