@@ -4,7 +4,8 @@
 
   workdir/checkpoints/<step>/{params,train,data}   Orbax (params, the rest of the state, and
                                                    each process's Grain iterator position)
-  and in the log dir (config.log.dir, default the workdir):
+  and in the log dir (config.log.dir, default the workdir; local or gs://, every path goes
+  through etils.epath; remote logs are uploaded at every checkpoint and at the end):
   run.json            the resolved config, the model config the params have (preset or
                       imported), optimizer and loss settings; a resume that would change the
                       model, the data stream or the optimizer state is refused
@@ -23,13 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from typing import Any
 
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 
 from mimo_jax import sharding
 from mimo_jax.config import ConfigError, MimoAudioConfig, load_config
@@ -45,7 +46,7 @@ from mimo_jax.train.step import TrainStep, check_batch, make_train_step
 
 PARAMS, TRAIN = "params", "train"
 CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = metrics.METRICS_FILE
 
 
 @dataclasses.dataclass
@@ -74,29 +75,24 @@ def join_state(items: dict[str, Any]) -> dict:
 
 def _check_writable(path: str, name: str) -> None:
   try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f".write_probe_{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"{name}={path}: not writable ({e.strerror or e})") from None
+    directory = epath.Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write_probe_{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except  (OSError locally, GCS client errors)
+    raise ConfigError(f"{name}={path}: not writable ({getattr(e, 'strerror', None) or e})"
+                      ) from None
 
 
 def log_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
-  """config.log.dir, else the workdir; a gs:// workdir logs to a local folder named after it
-  (the logs are written with local file APIs; checkpoints go to GCS through Orbax)."""
-  if cfg.log.dir:
-    return cfg.log.dir
-  if workdir.startswith("gs://"):
-    return os.path.join(tempfile.gettempdir(), "mimo_jax_logs", workdir[len("gs://"):])
-  return workdir
+  """config.log.dir, else the workdir (either may be a gs:// path)."""
+  return cfg.log.dir or workdir
 
 
 def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
   """Fails now, naming the flag, if the run could not write its checkpoints and logs."""
-  if not workdir.startswith("gs://"):  # GCS permissions show at the first checkpoint save
-    _check_writable(workdir, "--workdir")
+  _check_writable(workdir, "--workdir")
   logs = log_dir(cfg, workdir)
   if logs != workdir:
     _check_writable(logs, "--config.log.dir")
@@ -117,13 +113,13 @@ def refuse_lora_run(run_dir: str, flag: str) -> None:
 def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
   """Params from another run's Orbax checkpoint or from an official safetensors folder."""
   refuse_lora_run(init_from, "--init_from")
-  if os.path.exists(os.path.join(init_from, "config.json")):
+  if (epath.Path(init_from) / "config.json").exists():
     logging.info("init_from: importing official safetensors from %s", init_from)
     params, _ = import_checkpoint(init_from, setup.model, specs_fn=lm_model.param_specs,
                                   mesh=mesh)
     return params
   ckpt_dir = init_from
-  if os.path.isdir(os.path.join(init_from, CHECKPOINT_DIR)):
+  if (epath.Path(init_from) / CHECKPOINT_DIR).is_dir():
     ckpt_dir = os.path.join(init_from, CHECKPOINT_DIR)
   logging.info("init_from: params of the latest checkpoint in %s", ckpt_dir)
   return restore_params(ckpt_dir, abstract_params_of(setup, mesh), item=PARAMS)
@@ -138,7 +134,7 @@ def model_of(cfg: ml_collections.ConfigDict, init_from: str | None) -> MimoAudio
     return model
   compute = dict(dtype=model.dtype, param_dtype=model.param_dtype,
                  remat_policy=model.remat_policy, attention=model.attention)
-  if os.path.exists(os.path.join(init_from, "config.json")):
+  if (epath.Path(init_from) / "config.json").exists():
     return load_config(init_from, **compute)
   run_dir = (os.path.dirname(init_from.rstrip("/"))
              if os.path.basename(init_from.rstrip("/")) == CHECKPOINT_DIR else init_from)
@@ -213,8 +209,8 @@ def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step:
   else:
     params = None if not init_from else _initial_params(init_from, setup, mesh)
     state = create_state(setup, jax.random.key(cfg.train.seed), mesh, params)
-    if os.path.exists(jsonl) and jax.process_index() == 0:
-      os.remove(jsonl)  # the log of an attempt that never reached a checkpoint
+    if jax.process_index() == 0 and epath.Path(jsonl).exists():
+      epath.Path(jsonl).unlink()  # the log of an attempt that never reached a checkpoint
   if jax.process_index() == 0:
     run_json.write(log_dir(cfg, workdir), info)
   return state
@@ -223,12 +219,10 @@ def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step:
 def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step: TrainStep,
            iterator, state: dict, max_steps: int | None, preemption: Preemption) -> RunResult:
   t = cfg.train
-  logs = log_dir(cfg, workdir)
-  jsonl = os.path.join(logs, METRICS_FILE)
   start = int(state["step"])
   reporter = metrics.Reporter(
-      jsonl, os.path.join(logs, "tensorboard") if cfg.log.tensorboard else None,
-      total_steps=t.steps, every=cfg.log.every_steps, tokens_per_step=t.batch_size * t.positions,
+      log_dir(cfg, workdir), tensorboard=cfg.log.tensorboard, total_steps=t.steps,
+      every=cfg.log.every_steps, tokens_per_step=t.batch_size * t.positions,
       flops_per_step=lm_flops.train_flops(setup.model, t.batch_size, t.positions,
                                           setup.loss.trains_audio),
       peak=metrics.peak_flops(cfg.log.chip), n_chips=jax.device_count(), start_step=start)
@@ -264,14 +258,13 @@ def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step:
           break
         if ckpt.save(step, split_state(state), iterator.grain):
           saved_step = step
-          _plot(logs)
+          reporter.flush()
       if saved_step != step and (reason != "finished" or step == t.steps):
         ckpt.save(step, split_state(state), iterator.grain, force=True)
         saved_step = step
       ckpt.wait()
   finally:
     reporter.close()
-  _plot(logs)
   logging.info("%s at step %d; latest checkpoint: %s; examples skipped so far: %s", reason, step,
                saved_step, _skipped(iterator) or "none")
   if reason == "non_finite":
@@ -286,7 +279,3 @@ def _skipped(iterator: data.pipeline.TrainIterator) -> dict[str, int]:
   return metrics.sum_counts(iterator.skipped())
 
 
-def _plot(logs: str) -> None:
-  jsonl = os.path.join(logs, METRICS_FILE)
-  if jax.process_index() == 0 and os.path.exists(jsonl):
-    metrics.plot_losses(jsonl, os.path.join(logs, "loss_curve.png"))

@@ -1,5 +1,9 @@
 """What a run reports: model FLOPs and MFU, console progress with ETA, TensorBoard, JSONL, PNG.
 
+The logs live in the run's log directory, local or remote (gs://). A remote one is written
+through a local copy (appending to an object store is not possible) that is uploaded whenever
+`Reporter.flush` is called (at every checkpoint) and at the end.
+
 FLOPs are counted analytically from the config (the matmuls and attention of the three stacks,
 the heads and projections; forward x 3 for a train step, recomputation under remat not counted,
 as MFU conventionally excludes it). Peak FLOP/s per chip are dense bf16 figures from the vendors'
@@ -10,14 +14,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import pathlib
+import tempfile
 import time
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss_curve.png"
+TENSORBOARD_DIR = "tensorboard"
 
 
 # Dense bf16 peak FLOP/s per chip (vendor data sheets). Keys match jax's device_kind, lower-case.
@@ -45,24 +55,36 @@ def peak_flops(chip: str = "") -> float | None:
 
 
 class Reporter:
-  """Per-step records to JSONL (every step), console and TensorBoard (every `every` steps).
+  """Per-step records to `<log_dir>/metrics.jsonl` (every step), console and TensorBoard (every
+  `every` steps); `flush` redraws `loss_curve.png` and uploads a remote log dir.
 
   Only process 0 writes; every process may call it. Rows that are `due` may carry the examples
-  the data pipeline skipped so far, as `skipped/<reason>` counts.
+  the data pipeline skipped so far, as `skipped/<reason>` counts. An existing metrics.jsonl (a
+  resumed run's, already truncated to its checkpoint) is continued.
   """
 
-  def __init__(self, jsonl_path: str, tensorboard_dir: str | None, *, total_steps: int,
-               every: int, tokens_per_step: int, flops_per_step: float, peak: float | None,
-               n_chips: int, start_step: int):
+  def __init__(self, log_dir: str, *, tensorboard: bool, total_steps: int, every: int,
+               tokens_per_step: int, flops_per_step: float, peak: float | None, n_chips: int,
+               start_step: int):
     self.enabled = jax.process_index() == 0
     self.total_steps, self.every = total_steps, every
     self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
     self.peak, self.n_chips = peak, n_chips
-    self.jsonl_path = jsonl_path
+    self.log_dir = epath.Path(log_dir)
+    self._remote = "://" in str(log_dir)
+    self._local = pathlib.Path(log_dir)
     self._writer = None
-    if self.enabled and tensorboard_dir:
+    if not self.enabled:
+      return
+    if self._remote:
+      self._local = pathlib.Path(tempfile.mkdtemp(prefix="mimo_jax_logs_"))
+      if (self.log_dir / METRICS_FILE).exists():
+        (self._local / METRICS_FILE).write_bytes((self.log_dir / METRICS_FILE).read_bytes())
+    self._local.mkdir(parents=True, exist_ok=True)
+    self.jsonl_path = str(self._local / METRICS_FILE)
+    if tensorboard:
       from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(tensorboard_dir)
+      self._writer = SummaryWriter(str(self._local / TENSORBOARD_DIR))
     self._start_step, self._start_time = start_step, time.perf_counter()
     self._last_time = self._start_time
 
@@ -112,9 +134,25 @@ class Reporter:
         row["loss"], row["text_loss"], row["text_acc"], audio, row["grad_norm"], lrs,
         row["step_time_s"], row["tokens_per_s"], mfu, _duration(eta), skipped)
 
+  def flush(self) -> None:
+    """Redraws the loss curve; uploads the logs of a remote log dir."""
+    if not self.enabled:
+      return
+    if self._writer is not None:
+      self._writer.flush()
+    if (self._local / METRICS_FILE).exists():
+      plot_losses(str(self._local / METRICS_FILE), str(self._local / PLOT_FILE))
+    if self._remote:
+      for path in self._local.rglob("*"):
+        if path.is_file():
+          target = self.log_dir / str(path.relative_to(self._local))
+          target.parent.mkdir(parents=True, exist_ok=True)
+          target.write_bytes(path.read_bytes())
+
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+    self.flush()
 
 
 def _duration(seconds: float) -> str:
@@ -139,17 +177,17 @@ def sum_counts(counts: dict[str, int]) -> dict[str, int]:
 
 
 def read_jsonl(path: str) -> list[dict[str, float]]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The rows of a JSONL log (local or remote path)."""
+  lines = epath.Path(path).read_text().splitlines()
+  return [json.loads(line) for line in lines if line.strip()]
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:
   """Drops log rows past the checkpoint a run resumes from (steps it will redo)."""
-  if jax.process_index() != 0 or not os.path.exists(path):
+  if jax.process_index() != 0 or not epath.Path(path).exists():
     return
   rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
-  with open(path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
+  epath.Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def plot_losses(jsonl_path: str, png_path: str) -> None:
