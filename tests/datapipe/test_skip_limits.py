@@ -92,3 +92,26 @@ def test_bad_limits_are_refused():
     packing.SkipLimits(max_fraction=0)
   with pytest.raises(ValueError, match="max_empty_windows"):
     packing.SkipLimits(max_empty_windows=0)
+
+
+def test_unreadable_records_are_skipped_and_empty_shards_refused(tmp_path):
+  from mimo_jax.data import pipeline, pretokenize
+  from mimo_jax.lm import layout as L
+
+  def example_fn(record, index):
+    del index
+    return {"input_ids": L.build_sequence([L.TextSegment([int(record["key"])])], LAYOUT),
+            "loss_mask": np.ones(1, bool)}
+
+  good = [pretokenize.serialize({"key": str(i)}) for i in range(5)]
+  pretokenize.write_shard(tmp_path / "a.array_record", good + [b"\xc1 not msgpack"])
+  ds = pipeline.make_dataset([str(tmp_path / "a.array_record")], example_fn,
+                             packing.Packer(P, LAYOUT), batch_size=1, seed=0, num_epochs=1,
+                             shuffle=False)
+  it = iter(ds)
+  assert len(list(it)) == 1  # the five one-position examples share a sequence
+  assert packing.skipped(it.get_state()) == {pipeline.RECORD_UNREADABLE: 1}
+  pretokenize.write_shard(tmp_path / "empty.array_record", [])
+  with pytest.raises(ValueError, match=r"the shards hold 0 records, fewer than the 1 processes"):
+    pipeline.make_dataset([str(tmp_path / "empty.array_record")], example_fn,
+                          packing.Packer(P, LAYOUT), batch_size=1, seed=0)
