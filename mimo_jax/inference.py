@@ -48,6 +48,18 @@ TASK_PRESETS = {"asr_sft": "asr", "tts_sft": "tts", "spoken_dialogue_sft": "spok
                 "interleaved": "default", "text": "text_chat"}
 
 
+# How the text channel of a spoken answer's stream is made.
+STREAM_TEXT = {
+    # The official behaviour: the model generates the stream's text and decides when to switch
+    # to audio (`<|empty|>`), as it was trained.
+    "free": "the model writes the stream's text and chooses when to speak",
+    # The text is known (TTS): it is imposed on the layout's chunk schedule and the model makes
+    # only the audio and decides its length (`generate._given_choices`). A small model that has
+    # not yet learnt when to switch between text and audio still speaks this way.
+    "given": "the prompt's text is imposed on the stream's schedule; the model makes the audio",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Answer:
   """A decoded generation: the text channel's text, the output stream's audio (24 kHz float32,
@@ -93,12 +105,13 @@ class MimoAudio:
   def generate(self, examples: Sequence[templates.Example], preset: str | None = None, *,
                max_new: int = DEFAULT_MAX_NEW, min_new: int = 0, seed: int = 0,
                text_sampler: SamplerConfig | None = None,
-               audio_sampler: SamplerConfig | None = None) -> list[Answer]:
+               audio_sampler: SamplerConfig | None = None,
+               stream_text: str = "free") -> list[Answer]:
     """Continues each prompt (`templates` examples built without an answer) as one batch.
     preset: an official sampler preset (default: the one of the first example's task); row i
-    samples with seed + i."""
+    samples with seed + i. stream_text: see `STREAM_TEXT`."""
     requests = [self._request(ex, preset, max_new, min_new, seed + i, text_sampler,
-                              audio_sampler) for i, ex in enumerate(examples)]
+                              audio_sampler, stream_text) for i, ex in enumerate(examples)]
     results = gen.generate(self.params, self.cfg, requests, empty_id=self.tokens.empty)
     codes = [gen.output_codes(r, self.tokens, self.cfg) for r in results]
     wavs = self._decode_audio(codes)
@@ -108,7 +121,7 @@ class MimoAudio:
   def stream(self, example: templates.Example, preset: str | None = None, *,
              max_new: int = DEFAULT_MAX_NEW, min_new: int = 0, seed: int = 0,
              chunk_steps: int = 5, text_sampler: SamplerConfig | None = None,
-             audio_sampler: SamplerConfig | None = None,
+             audio_sampler: SamplerConfig | None = None, stream_text: str = "free",
              scfg: streaming.StreamingConfig = streaming.StreamingConfig()
              ) -> Iterator[np.ndarray]:
     """Audio of one answer as it is generated: every `chunk_steps` LLM steps the new patches of
@@ -118,7 +131,7 @@ class MimoAudio:
     one-shot decode only at the streaming decoder's window edges. Audio starts at the prompt's
     open stream (a `<|sostm|>` generated later does not restart it) and ends at `<|eostm|>`."""
     request = self._request(example, preset, max_new, min_new, seed, text_sampler,
-                            audio_sampler)
+                            audio_sampler, stream_text)
     prompt_bkl, len_b, keys_b, settings, n = gen.pack(self.cfg, [request])
     state = gen.prefill(self.params, self.cfg, prompt_bkl, len_b, keys_b,
                         empty_id=self.tokens.empty, max_new=n)
@@ -200,16 +213,25 @@ class MimoAudio:
   # --- internals --------------------------------------------------------------------------------
 
   def _request(self, example: templates.Example, preset, max_new, min_new, seed, text_sampler,
-               audio_sampler) -> gen.Request:
+               audio_sampler, stream_text) -> gen.Request:
     if not example.is_prompt:
       raise ValueError(f"{example.task}: the example holds an answer; build it without one to "
                        f"get a generation prompt")
     name = preset or TASK_PRESETS.get(example.task, "default")
     if name not in PRESETS:
       raise ValueError(f"preset: unknown {name!r}; known: {sorted(PRESETS)}")
+    if stream_text not in STREAM_TEXT:
+      raise ValueError(f"stream_text: unknown {stream_text!r}; known: {sorted(STREAM_TEXT)}")
+    given = ()
+    if stream_text == "given":
+      if example.stream_text_ids is None:
+        raise ValueError(f"{example.task}: stream_text='given' needs a prompt that says what the "
+                         f"answer speaks (tts, tts_sft); this one does not")
+      given = (*map(int, example.stream_text_ids), self.tokens.eot)
+    lay = self.fmt.layout
     return gen.Request(example.ids_kl, max_new, example.stop_tokens, min_new,
                        text_sampler or PRESETS[name].text, audio_sampler or PRESETS[name].audio,
-                       seed)
+                       seed, given_text=given, stream_chunks=(lay.text_chunk, lay.audio_chunk))
 
   def _decode_audio(self, codes: list[np.ndarray]) -> list[np.ndarray]:
     present = [i for i, c in enumerate(codes) if len(c)]

@@ -48,6 +48,17 @@ class Settings(NamedTuple):
   min_new_b: jax.Array  # int32 [b]: stop tokens are banned before this many steps
   max_new_b: jax.Array  # int32 [b]: at most this many steps (<= the buffer's n)
   forced_bn: jax.Array  # int32 [b, n]: text token to emit at each step instead of sampling; -1 = sample
+  given_bn: jax.Array  # int32 [b, n]: text of the stream a row speaks as given (-1 padded)
+  given_len_b: jax.Array  # int32 [b]: its length (0: the row generates its stream freely)
+  chunks_b2: jax.Array  # int32 [b, 2]: text tokens and patches per chunk of a stream
+
+
+class GivenProgress(NamedTuple):
+  """Where each row is in a stream whose text is given (`Request.given_text`)."""
+
+  pos_b: jax.Array  # int32 [b]: next token of the given text
+  fill_b: jax.Array  # int32 [b]: positions of the current chunk made (its text, then its patches)
+  audio_ended_b: jax.Array  # bool [b]: text came where a patch could: the audio is over
 
 
 class State(NamedTuple):
@@ -61,6 +72,7 @@ class State(NamedTuple):
   n_new_b: jax.Array  # int32 [b]: steps each row took before it stopped
   stopped_b: jax.Array  # bool [b]: the row ended on a stop token (not on max_new)
   cache_full_b: jax.Array  # bool [b]: the row was ended because the KV cache had no free slot
+  given: GivenProgress
   text_bn: jax.Array  # int32 [b, n]: generated text tokens (FILLER after a row stops)
   codes_bngc: jax.Array  # int32 [b, n, g, c]: generated patches (empty ids where none)
   keys_b: jax.Array  # PRNG keys, one per row
@@ -72,7 +84,7 @@ def _fold(keys_b: jax.Array, data) -> jax.Array:
   return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_b, data)
 
 
-def _banned(ids_bs: jax.Array, v: int, when_b: jax.Array) -> jax.Array:
+def _id_mask(ids_bs: jax.Array, v: int, when_b: jax.Array) -> jax.Array:
   """[b, v] mask of the ids in ids_bs (-1 = none), only for rows where when_b holds."""
   rows_bs = jnp.broadcast_to(jnp.arange(ids_bs.shape[0])[:, None], ids_bs.shape)
   cols_bs = jnp.where(ids_bs >= 0, ids_bs, v)  # out of range: dropped
@@ -167,9 +179,54 @@ def prefill(params: dict, cfg: MimoAudioConfig, prompt_bkl: jax.Array, prompt_le
                positions_b=prompt_len_b.astype(jnp.int32), done_b=jnp.zeros((b,), bool),
                n_new_b=jnp.zeros((b,), jnp.int32), stopped_b=jnp.zeros((b,), bool),
                cache_full_b=jnp.zeros((b,), bool),
+               given=GivenProgress(jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.int32),
+                                   jnp.zeros((b,), bool)),
                text_bn=jnp.full((b, max_new), FILLER, jnp.int32),
                codes_bngc=jnp.broadcast_to(empty_c, (b, max_new, g, c)),
                keys_b=keys_b, text_logits_bnv=recorded[0], local_logits=recorded[1])
+
+
+def _given_slot(settings: Settings, progress: GivenProgress):
+  """Per row: speaks a given text, has text left, is at a text slot of the layout (the chunk's
+  text, or anywhere once the audio is over), and the next given token."""
+  given_b = settings.given_len_b > 0
+  text_left_b = progress.pos_b < settings.given_len_b
+  text_slot_b = (progress.fill_b < settings.chunks_b2[:, 0]) | progress.audio_ended_b
+  last = settings.given_bn.shape[1] - 1
+  next_b = jnp.take_along_axis(settings.given_bn, jnp.minimum(progress.pos_b, last)[:, None],
+                               axis=1)[:, 0]
+  return given_b, text_left_b, text_slot_b, next_b
+
+
+def _given_choices(settings: Settings, progress: GivenProgress, empty_id: int, v: int):
+  """A given stream follows the layout's chunk schedule (`layout.StreamSegment`): the given text
+  fills each chunk's text slots; at a patch slot the model chooses between a patch and the next
+  text token (the audio is over: the rest of the text follows at once); after the text, between
+  a patch and a stop token until the audio is over, then a stop. Only the audio's length is the
+  model's. Returns the imposed token per row (-1: none), which rows choose, and among what [b, v]."""
+  given_b, text_left_b, text_slot_b, next_b = _given_slot(settings, progress)
+  imposed_b = jnp.where(given_b & text_left_b & text_slot_b, next_b, -1)
+  patch_or_text_b = given_b & text_left_b & ~text_slot_b
+  after_text_b = given_b & ~text_left_b
+  patch_or_stop_b = after_text_b & ~progress.audio_ended_b
+  rows_b = jnp.arange(len(next_b))
+  allowed_bv = _id_mask(settings.stop_bs, v, after_text_b)
+  allowed_bv = allowed_bv.at[:, empty_id].set(patch_or_text_b | patch_or_stop_b)
+  allowed_bv = allowed_bv.at[rows_b, next_b].set(allowed_bv[rows_b, next_b] | patch_or_text_b)
+  return imposed_b, patch_or_text_b | after_text_b, allowed_bv
+
+
+def _given_advance(settings: Settings, progress: GivenProgress, token_b: jax.Array,
+                   active_b: jax.Array, empty_id: int) -> GivenProgress:
+  given_b, text_left_b, text_slot_b, _ = _given_slot(settings, progress)
+  given_b &= active_b
+  wrote_text_b = token_b != empty_id
+  return GivenProgress(
+      pos_b=progress.pos_b + (given_b & text_left_b & wrote_text_b),
+      fill_b=jnp.where(given_b, (progress.fill_b + 1) % settings.chunks_b2.sum(axis=1),
+                       progress.fill_b),
+      audio_ended_b=progress.audio_ended_b | (given_b & text_left_b & ~text_slot_b
+                                              & wrote_text_b))
 
 
 def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
@@ -179,10 +236,13 @@ def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
   step = state.step
   keys_b = _fold(state.keys_b, step)
   logits_bv = backbone.text_logits(params, state.hidden_bd[:, None])[:, 0]
-  banned_bv = _banned(settings.stop_bs, logits_bv.shape[-1], step < settings.min_new_b)
+  v = logits_bv.shape[-1]
+  imposed_b, choosing_b, allowed_bv = _given_choices(settings, state.given, empty_id, v)
+  banned_bv = jnp.where(choosing_b[:, None], ~allowed_bv,
+                        _id_mask(settings.stop_bs, v, step < settings.min_new_b))
   token_b = sample(_fold(keys_b, 0), logits_bv, settings.text, banned_bv)
   forced_b = settings.forced_bn[:, step]
-  token_b = jnp.where(forced_b >= 0, forced_b, token_b)
+  token_b = jnp.where(forced_b >= 0, forced_b, jnp.where(imposed_b >= 0, imposed_b, token_b))
   active_b = ~state.done_b
   patch_b = active_b & (token_b == empty_id)
 
@@ -227,7 +287,9 @@ def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
   return state._replace(cache=cache, hidden_bd=hidden_bd, step=step + 1,
                         positions_b=state.positions_b + 1, done_b=done_b | cache_full_b,
                         n_new_b=n_new_b, stopped_b=state.stopped_b | stop_b,
-                        cache_full_b=state.cache_full_b | cache_full_b, text_bn=text_bn,
+                        cache_full_b=state.cache_full_b | cache_full_b,
+                        given=_given_advance(settings, state.given, token_b, active_b, empty_id),
+                        text_bn=text_bn,
                         codes_bngc=codes_bngc, text_logits_bnv=text_logits_bnv,
                         local_logits=recorded_local)
 
@@ -263,6 +325,10 @@ class Request:
   audio: SamplerConfig = SamplerConfig(greedy=True)
   seed: int = 0
   forced_text: tuple[int, ...] = ()  # text tokens imposed on the first steps (tests, scripts)
+  # The text (ending with `<|eot|>`) of the stream the prompt opened, spoken as given: the model
+  # makes only the audio and its length (`_given_choices`); () = the model writes the text too.
+  given_text: tuple[int, ...] = ()
+  stream_chunks: tuple[int, int] = (5, 5)  # text tokens and patches per stream chunk (layout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +371,8 @@ def pack(cfg: MimoAudioConfig, requests: list[Request], *, batch: int | None = N
   stop_len = max([len(r.stop_ids) for r in requests] + [1])
   stop_bs = np.full((b, stop_len), -1, np.int32)
   min_b, max_b = np.zeros((b,), np.int32), np.ones((b,), np.int32)
-  forced_bn = np.full((b, n), -1, np.int32)
+  forced_bn, given_bn = np.full((b, n), -1, np.int32), np.full((b, n), -1, np.int32)
+  given_len_b, chunks_b2 = np.zeros((b,), np.int32), np.ones((b, 2), np.int32)
   dummy = Request(np.zeros((1 + c, 0), np.int32), 1)
   rows = requests + [dummy] * (b - len(requests))
   for i, (r, length) in enumerate(zip(requests, lens)):
@@ -314,11 +381,16 @@ def pack(cfg: MimoAudioConfig, requests: list[Request], *, batch: int | None = N
     stop_bs[i, :len(r.stop_ids)] = r.stop_ids
     min_b[i], max_b[i] = r.min_new, r.max_new
     forced_bn[i, :len(r.forced_text)] = r.forced_text
+    if len(r.given_text) > n:
+      raise ValueError(f"pack: request {i} gives a stream text of {len(r.given_text)} tokens, "
+                       f"more than its {n} steps")
+    given_bn[i, :len(r.given_text)] = r.given_text
+    given_len_b[i], chunks_b2[i] = len(r.given_text), r.stream_chunks
   keys_b = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(0), s))(
       jnp.asarray([r.seed for r in rows], jnp.uint32))
   settings = Settings(SamplerParams.of([r.text for r in rows]),
                       SamplerParams.of([r.audio for r in rows]),
-                      stop_bs, min_b, max_b, forced_bn)
+                      stop_bs, min_b, max_b, forced_bn, given_bn, given_len_b, chunks_b2)
   return prompt_bkl, len_b, keys_b, settings, n
 
 

@@ -16,9 +16,9 @@ from mimo_jax import config
 from mimo_jax.codec import api
 from mimo_jax.codec.checkpoint import import_codec
 from mimo_jax.convert.hf import import_checkpoint
-from mimo_jax.lm import backbone, model, sampling
+from mimo_jax.lm import backbone, layout, model, sampling
 from mimo_jax.lm import generate as gen
-from mimo_jax.lm.layout import FILLER, SpecialTokens
+from mimo_jax.lm.layout import FILLER, Layout, SpecialTokens, StreamSegment
 from mimo_jax.lm.sampling import SamplerConfig, SamplerParams
 from tests.codec.common import random_codec_params
 
@@ -206,6 +206,37 @@ def test_batched_loop_equals_the_plain_loop(kind, tiny_prompts):
     assert {"text": n_patches == 0, "audio": n_patches == 8,
             "mixed": 0 < n_patches < 8}[kind], (kind, result.text_ids)
   np.testing.assert_array_equal(alone[0].tokens_kl, batched[2].tokens_kl)
+
+
+def test_given_stream_follows_the_layout_of_its_text_and_audio(tiny_prompts):
+  """A stream spoken from a given text is, token for token, what the layout builds from that
+  text and the patches the model chose to make: the text fills the chunks' text slots, the
+  model decides only where the audio ends. Sampled rows take every branch (audio that ends
+  inside the text, audio after it); chunks of 2 + 2 show several of them in 8 steps."""
+  cfg, params, _ = _steered("mixed")  # <|empty|> about as likely as token 408
+  lay = Layout(TOKENS, cfg.group_size, cfg.speech_zeroemb_idx, cfg.speech_vocab_size,
+               text_chunk=2, audio_chunk=2)
+  given = (408, 408, 408, TOKENS.eot)
+  sampler = SamplerConfig(temperature=1.5)
+  requests = [gen.Request(tiny_prompts[i % 3], 8, (TOKENS.eostm,), text=sampler, seed=i,
+                          given_text=given, stream_chunks=(2, 2)) for i in range(32)]
+  results = [r for i in range(0, 32, 4)  # the batch-4 compilation of the other tests
+             for r in gen.generate(params, cfg, requests[i:i + 4], empty_id=EMPTY, batch=4,
+                                   **BUCKETS)]
+  patches_after_text = set()
+  for i, result in enumerate(results):
+    text_n = result.text_ids
+    codes_tc = result.tokens_kl[1:].T[np.repeat(text_n == EMPTY, cfg.group_size)]
+    built_n = layout.text_tokens(layout.build_sequence(
+        [StreamSegment(given[:-1], codes_tc)], lay), lay)[1:]  # less <|sostm|>
+    if result.stopped:
+      np.testing.assert_array_equal(text_n, built_n, err_msg=f"row {i}")
+    else:
+      np.testing.assert_array_equal(text_n, built_n[:len(text_n)], err_msg=f"row {i}")
+    eot_at = np.flatnonzero(text_n == TOKENS.eot)
+    if len(eot_at):
+      patches_after_text.add(bool((text_n[eot_at[0]:] == EMPTY).any()))
+  assert patches_after_text == {True, False}, "sampling took only one branch"
 
 
 def test_patch_decoder_emits_in_the_delayed_order():
