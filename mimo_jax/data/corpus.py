@@ -54,6 +54,13 @@ VOICES = (
     Voice("en_gb_m1", "en", "en-gb+m1", 155, 40),
     Voice("en_gb_f2", "en", "en-gb-x-rp+f2", 170, 55),
     Voice("en_sc_m5", "en", "en-gb-scotland+m5", 150, 35),
+    Voice("en_us_m1", "en", "en-us+m1", 160, 50),
+    Voice("en_us_f2", "en", "en-us+f2", 165, 65),
+    Voice("en_ca_m4", "en", "en-029+m4", 150, 40),
+    Voice("en_la_f4", "en", "en-gb-x-gbclan+f4", 160, 58),
+    Voice("en_ny_m6", "en", "en-us-nyc+m6", 170, 45),
+    Voice("en_wm_m2", "en", "en-gb-x-gbcwmd+m2", 155, 38),
+    Voice("en_us_f5", "en", "en-us+f5", 160, 62),
     Voice("zh_m2", "zh", "cmn+m2", 160, 45),
     Voice("zh_f4", "zh", "cmn+f4", 170, 60),
 )
@@ -96,18 +103,24 @@ def synthesize(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE) -> np.nd
 
 def build_corpus(output: str, num_utterances: int, seed: int = 0,
                  languages: Sequence[str] = ("en", "zh"), sample_rate: int = SAMPLE_RATE,
-                 sentences_path: str = SENTENCES) -> str:
+                 sentences_path: str = SENTENCES, speakers: Sequence[str] = ()) -> str:
   """Synthesises `num_utterances` utterances into `output`; returns the manifest's path.
 
   Utterance i: a language drawn uniformly from `languages`, then a sentence and a voice of that
-  language, all from `np.random.default_rng(seed)`. Each manifest line holds `audio`
+  language, all from `np.random.default_rng(seed)`. `speakers` limits the voices to those
+  named (e.g. to hold some out; default: all). Each manifest line holds `audio`
   ("wavs/utt_00000.wav"), `text`, `speaker`, `language` and `duration` (seconds).
   """
   if num_utterances < 1:
     raise CorpusError(f"num_utterances must be >= 1, got {num_utterances}")
+  unknown = set(speakers) - {v.speaker for v in VOICES}
+  if unknown:
+    raise CorpusError(f"unknown speakers {sorted(unknown)}; known: "
+                      f"{[v.speaker for v in VOICES]}")
   sentences = load_sentences(sentences_path)
   by_language = {lang: [s for l, s in sentences if l == lang] for lang in languages}
-  voices = {lang: [v for v in VOICES if v.language == lang] for lang in languages}
+  voices = {lang: [v for v in VOICES if v.language == lang and (
+      not speakers or v.speaker in speakers)] for lang in languages}
   for lang in languages:
     if not by_language[lang] or not voices[lang]:
       raise CorpusError(f"language {lang!r}: {len(by_language[lang])} sentences in "
@@ -139,12 +152,16 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_utterances", 64, "Number of utterances to synthesise.")
   flags.DEFINE_integer("seed", 0, "Seed of the sentence, language and voice choices.")
   flags.DEFINE_list("languages", ["en", "zh"], "Languages to draw from.")
+  flags.DEFINE_string("sentences", SENTENCES, "Sentence list: `language<TAB>sentence` lines.")
+  flags.DEFINE_list("speakers", [], f"Voices to use (default all): {[v.speaker for v in VOICES]}")
 
 
-def run(output: str, num_utterances: int, seed: int, languages: tuple[str, ...]) -> int:
+def run(output: str, num_utterances: int, seed: int, languages: tuple[str, ...],
+        sentences: str = SENTENCES, speakers: tuple[str, ...] = ()) -> int:
   """Builds the corpus and prints a summary; returns the exit status."""
   try:
-    manifest = build_corpus(output, num_utterances, seed, languages)
+    manifest = build_corpus(output, num_utterances, seed, languages, sentences_path=sentences,
+                            speakers=speakers)
   except (CorpusError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -158,7 +175,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  sys.exit(run(f.output, f.num_utterances, f.seed, tuple(f.languages)))
+  sys.exit(run(f.output, f.num_utterances, f.seed, tuple(f.languages), f.sentences,
+               tuple(f.speakers)))
 
 
 if __name__ == "__main__":

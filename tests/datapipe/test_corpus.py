@@ -80,6 +80,19 @@ def test_several_voices_and_both_languages(tmp_path):
                                                             languages=("en",)))} == {"en"}
 
 
+def test_a_sentence_list_and_chosen_speakers(tmp_path):
+  """What the learn recipe does to hold sentences and voices out: its own list, some voices."""
+  sentences = tmp_path / "s.txt"
+  sentences.write_text("en\tThe red boat left at dawn.\nen\tAnna closed the door.\n")
+  lines = _lines(corpus.build_corpus(str(tmp_path / "c"), 6, languages=("en",),
+                                     sentences_path=str(sentences),
+                                     speakers=("en_us_f2", "en_ca_m4")))
+  assert {x["speaker"] for x in lines} <= {"en_us_f2", "en_ca_m4"}
+  assert {x["text"] for x in lines} <= {"The red boat left at dawn.", "Anna closed the door."}
+  with pytest.raises(corpus.CorpusError, match="unknown speakers \\['nobody'\\]"):
+    corpus.build_corpus(str(tmp_path / "d"), 2, speakers=("nobody",))
+
+
 def test_bad_inputs_are_named(tmp_path):
   with pytest.raises(corpus.CorpusError, match="language 'fr'"):
     corpus.build_corpus(str(tmp_path), 2, languages=("fr",))
