@@ -13,7 +13,9 @@ functions over static shapes, one compilation per (batch, prompt bucket, step bu
   One step samples the text token from `lm_head`; rows whose token is `<|empty|>` get a patch from
   the patch decoder (`decode_patch`: its g + max(delay) steps in a `lax.scan` with its own KV
   cache, skipped by `lax.cond` when no row needs a patch); text and patch are written to the
-  output and fed back through the patch encoder and the backbone.
+  output and fed back through the patch encoder and the backbone. A row given the text of the
+  stream it opened (`Request.given_text`, TTS) has that text imposed on the stream's chunk
+  schedule and samples only where the layout leaves a choice: patch or next token, patch or stop.
 
 A row stops after a token of its stop set once it has made `min_new` steps (stop tokens are
 banned before that, as the official sampler does) or after `max_new` steps; a stopped row's

@@ -26,6 +26,7 @@ from ml_collections import config_dict
 
 from mimo_jax import config as model_config
 from mimo_jax.config import ConfigError, LossConfig, MimoAudioConfig
+from mimo_jax.data import templates
 
 SCHEDULES = ("auto", "constant", "cosine")
 DATA_SOURCES = ("synthetic", "shards")
@@ -111,6 +112,9 @@ def defaults() -> ml_collections.ConfigDict:
           # packing windows in a row with nothing to train on.
           "max_skip_fraction": 0.5,
           "max_empty_windows": 32,
+          # Task weights of the phase's mixture to change, "task=weight,..." (0 drops a task;
+          # '' = the phase's own, mimo_jax.data.templates.PHASE_MIXTURES), e.g. "asr=3".
+          "task_weights": "",
           # Synthetic source: examples in the pool the batches are drawn from, share of audio
           # positions.
           "synthetic_examples": 64,
@@ -251,6 +255,25 @@ def _need(ok: bool, field: str, message: str) -> None:
     raise ConfigError(f"config.{field}: {message}")
 
 
+def task_mixture(phase: str, task_weights: str) -> dict[str, float]:
+  """The phase's task weights with `data.task_weights` ("asr=3,text=0") applied."""
+  mixture = dict(templates.PHASE_MIXTURES[phase])
+  for item in filter(None, (part.strip() for part in task_weights.split(","))):
+    task, sep, weight = item.partition("=")
+    try:
+      value = float(weight)
+    except ValueError:
+      value = -1.0
+    _need(bool(sep) and value >= 0, "data.task_weights",
+          f"expected 'task=weight' with a weight >= 0, got {item!r}")
+    _need(task in templates.PRETRAIN_TASKS + templates.SFT_TASKS, "data.task_weights",
+          f"unknown task {task!r}; known: {templates.PRETRAIN_TASKS + templates.SFT_TASKS}")
+    mixture[task] = value
+  _need(sum(mixture.values()) > 0, "data.task_weights",
+        f"leaves phase {phase!r} no task with a positive weight: {mixture}")
+  return mixture
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Checks every field a run reads; raises ConfigError naming the first bad one."""
   t, d = cfg.train, cfg.data
@@ -287,6 +310,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         f"must be in (0, 1], got {d.max_skip_fraction}")
   _need(d.max_empty_windows >= 1, "data.max_empty_windows",
         f"must be >= 1, got {d.max_empty_windows}")
+  task_mixture(t.phase, d.task_weights)
   _need(cfg.checkpoint.sigterm_grace_s > 0, "checkpoint.sigterm_grace_s",
         f"must be positive, got {cfg.checkpoint.sigterm_grace_s}")
   _need(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps",

@@ -26,6 +26,7 @@ from mimo_jax.config import ConfigError, MimoAudioConfig
 from mimo_jax.data import packing, pipeline, pretokenize, templates
 from mimo_jax.data.tokenizer import TextTokenizer, TokenizerError
 from mimo_jax.sharding import MeshError
+from mimo_jax.train import config as train_config
 
 def local_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> tuple[int, int]:
   """[start, stop) of the batch rows this process's devices hold (one contiguous block)."""
@@ -106,9 +107,11 @@ def make_source(cfg: ml_collections.ConfigDict, model_cfg: MimoAudioConfig,
   limits = packing.SkipLimits(max_fraction=d.max_skip_fraction,
                               max_empty_windows=d.max_empty_windows)
   try:
+    mixtures = {t.phase: train_config.task_mixture(t.phase, d.task_weights)}
     iterator = pipeline.make_train_iterator(
         paths, fmt, t.phase, t.positions, t.batch_size, d.seed, mesh,
-        worker_count=d.worker_count, skip_limits=limits)
+        worker_count=d.worker_count, skip_limits=limits,
+        example_fn=pipeline.PhaseExamples(fmt, t.phase, d.seed, mixtures))
   except ValueError as e:  # shards that cannot feed this job (e.g. no records)
     raise ConfigError(f"config.data.path: {e}") from None
   return Source(iterator, fmt.layout.tokens.empty)
