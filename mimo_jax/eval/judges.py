@@ -2,10 +2,11 @@
 
 - `SphinxJudge`: pocketsphinx's en-us acoustic model, dictionary and language model transcribe
   speech (16 kHz int16). Open vocabulary (`sentences=None`) uses the bundled trigram LM; on
-  espeak-ng voices it gets ~80% WER on the ground truth itself (stack notes), so the closed-set
-  mode restricts it to a JSGF grammar of the task's own sentences: it then answers which sentence
-  was said, which measures intelligibility among known alternatives, not open recognition.
-  Reports must say which mode was used (`.mode`).
+  espeak-ng voices it gets most words wrong on the ground truth itself, so the closed-set mode
+  restricts it to a grammar of the task's own sentences: it then answers which sentence was said,
+  which measures intelligibility among known alternatives, not open recognition. Reports say
+  which mode was used (`.mode`). Both modes' accuracy on espeak-ng ground truth is measured by
+  experiments/bench/judges_calibration.py (results in experiments/results/).
 - `speaker_similarity`: cosine of resemblyzer's GE2E voice embeddings (the SIM column).
 - `dnsmos`: DNSMOS P.835 (SIG / BAK / OVRL) and P.808 from speechmos's ONNX models.
 
@@ -16,9 +17,7 @@ Models load on first use, once per process (the Sphinx decoder once per judge ob
 from __future__ import annotations
 
 import functools
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 
@@ -53,57 +52,75 @@ def to_judge_rate(wav, sr: int) -> np.ndarray:
 
 # --- intelligibility --------------------------------------------------------------------------
 
+# Closed-set search: one JSGF grammar of every sentence, decoded with
+# - no filler words: a forced alignment (`set_align_text`, fillers on) of the true sentence
+#   ended in `<sil>` after its first word on espeak-ng clips, the silence model taking the
+#   speech; without fillers the same alignments reached the sentence's end;
+# - wide beams without the per-frame HMM cap (`maxhmmpf`): with the defaults some clips end with
+#   no path at all;
+# - the forward search's own best path (`bestpath=False`) rather than the lattice's.
+# Each setting's effect on accuracy: experiments/results/judges_calibration.md ("ablation").
+CLOSED_SEARCH = dict(fsgusefiller=False, beam=1e-80, pbeam=1e-80, wbeam=1e-60, maxhmmpf=-1,
+                     bestpath=False)
+# +-1 LSB of noise on the samples (espeak-ng pads with exact zeros): with pocketsphinx's own
+# dither, 3 of the 5 misses of these settings on 72 espeak-ng clips became right answers. Ours is
+# seeded per clip, so a clip always gets the same noise and the same answer (pocketsphinx's
+# carries its random state from clip to clip).
+DITHER_SEED = 0
 
-def _grammar_words(sentence: str) -> list[str]:
+
+def _spelling(sentence: str) -> list[str]:
   # The dictionary is lower-case English with apostrophes; JSGF tokens cannot hold other marks.
   return re.findall(r"[a-z']+", wer.normalize(sentence, "en"))
 
 
+def _pcm(wav, sr: int) -> bytes:
+  """16 kHz int16 bytes of a clip, dithered."""
+  samples = np.round(np.clip(to_judge_rate(wav, sr), -1.0, 1.0) * 32767).astype(np.int32)
+  samples += np.random.default_rng(DITHER_SEED).integers(-1, 2, samples.shape)
+  return np.clip(samples, -32768, 32767).astype(np.int16).tobytes()
+
+
 class SphinxJudge:
-  """pocketsphinx transcription; closed-set over `sentences` when given.
+  """pocketsphinx transcription: open vocabulary (`sentences=None`), or which of `sentences`
+  was said (closed set).
 
-  Closed set in two passes: a trigram LM of the sentences decodes the clip, the `SHORTLIST`
-  sentences nearest to that draft (word edit distance) become a JSGF grammar, and the clip is
-  decoded again under it, so the answer is always one of the sentences (or "" when none fits).
-  A grammar of every sentence at once is either pruned to nothing by the default beams or, with
-  beams wide enough, takes tens of seconds a clip; the LM alone gets most words but few whole
-  sentences right on espeak-ng voices.
-
-  NOT YET RELIABLE: on 4 sentences x 5 espeak-ng voices (out of the 100-sentence list) the second
-  pass gave the right sentence 8 times in 20; it often stops before the last words or finds no
-  path at all, even with wide beams (the LM draft alone was exact 6 times). Until that is
-  understood `evaluate` runs it only with --closed_judge.
+  Closed set: the grammar search (`CLOSED_SEARCH`) answers a sentence of the set. When the
+  search ends inside a sentence (its path did not reach the grammar's end), the answer is the
+  sentence nearest to that partial path by word edit distance; when it finds no path at all,
+  the answer is "". The answer is in the judge's spelling (`spell`).
 
   A word missing from the dictionary is given the pronunciation of its split into dictionary
   words ("thunderclap" = "thunder" + "clap"); a word with no such split cannot be said by the
   judge and is listed in `unknown_words` (its sentences keep their other words).
   """
 
-  SHORTLIST = 5
-
-  def __init__(self, sentences: Sequence[str] | None = None):
+  def __init__(self, sentences: Sequence[str] | None = None, search: dict | None = None):
+    """search: the closed-set decoder's settings (default `CLOSED_SEARCH`; the calibration
+    bench compares others)."""
     import pocketsphinx  # noqa: PLC0415 (heavy; judges load on first use)
-    self._decoder = pocketsphinx.Decoder(samprate=JUDGE_RATE, loglevel="FATAL")
     self.mode = "open" if sentences is None else "closed"
+    settings = {} if sentences is None else CLOSED_SEARCH if search is None else search
+    self._decoder = pocketsphinx.Decoder(samprate=JUDGE_RATE, loglevel="FATAL", **settings)
     self.unknown_words: list[str] = []
     self.sentences: list[str] = []  # the closed set, as the judge spells them
     if sentences is None:
       return
-    # Wide beams keep the one true path of a small grammar that the default beams prune.
-    self._grammar_decoder = pocketsphinx.Decoder(samprate=JUDGE_RATE, loglevel="FATAL",
-                                                 beam=1e-80, wbeam=1e-60, pbeam=1e-80)
-    self.sentences = sorted({" ".join(w for w in _grammar_words(s) if self._pronounceable(w))
-                             for s in sentences} - {""})
+    self.sentences = sorted({self.spell(s) for s in sentences} - {""})
     if not self.sentences:
       raise JudgeError("closed-set judge: no English sentence to build a grammar from")
-    from pocketsphinx.lm import ArpaBoLM  # noqa: PLC0415
-    model = ArpaBoLM(text="\n".join(self.sentences) + "\n", add_start=True)
-    model.compute()
-    with tempfile.TemporaryDirectory() as tmp:
-      path = os.path.join(tmp, "sentences.arpa")
-      model.write_file(path)
-      self._decoder.add_lm_file("sentences", path)
+    self._known = frozenset(self.sentences)
+    self._decoder.add_jsgf_string("sentences", "#JSGF V1.0;\ngrammar sentences;\npublic <s> = "
+                                  + " | ".join(f"( {s} )" for s in self.sentences) + ";\n")
     self._decoder.activate_search("sentences")
+
+  def spell(self, sentence: str) -> str:
+    """A sentence as this judge writes it: normalised words, less those it cannot say (closed
+    set; the open judge's dictionary is fixed, so it keeps every word)."""
+    words = _spelling(sentence)
+    if self.mode == "closed":
+      words = [w for w in words if self._pronounceable(w)]
+    return " ".join(words)
 
   def _pronounceable(self, word: str) -> bool:
     if self._decoder.lookup_word(word) is not None:
@@ -113,8 +130,7 @@ class SphinxJudge:
       if word not in self.unknown_words:
         self.unknown_words.append(word)
       return False
-    for decoder in (self._decoder, self._grammar_decoder):
-      decoder.add_word(word, phones, True)
+    self._decoder.add_word(word, phones, True)
     return True
 
   def _split_pronunciation(self, word: str) -> str | None:
@@ -127,26 +143,18 @@ class SphinxJudge:
           best[end] = best[start] + [phones]
     return " ".join(best[-1]) if best[-1] else None
 
-  @staticmethod
-  def _decode(decoder, pcm: bytes) -> str:
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
-    hyp = decoder.hyp()
-    return hyp.hypstr if hyp is not None else ""
+  def _nearest(self, partial: str) -> str:
+    return min(self.sentences, key=lambda s: jiwer.wer(s, partial))
 
   def transcribe(self, wav, sr: int) -> str:
-    pcm = (np.clip(to_judge_rate(wav, sr), -1.0, 1.0) * 32767).astype(np.int16).tobytes()
-    draft = self._decode(self._decoder, pcm)
-    if self.mode == "open":
-      return draft
-    shortlist = sorted(self.sentences, key=lambda s: jiwer.wer(s, draft) if draft else 0.0
-                       )[:self.SHORTLIST]
-    self._grammar_decoder.add_jsgf_string("shortlist", "#JSGF V1.0;\ngrammar shortlist;\n"
-                                          "public <s> = " + " | ".join(
-                                              f"( {s} )" for s in shortlist) + ";\n")
-    self._grammar_decoder.activate_search("shortlist")
-    return self._decode(self._grammar_decoder, pcm)
+    self._decoder.start_utt()
+    self._decoder.process_raw(_pcm(wav, sr), full_utt=True)
+    self._decoder.end_utt()
+    hyp = self._decoder.hyp()
+    text = hyp.hypstr if hyp is not None else ""
+    if self.mode == "open" or not text or text in self._known:
+      return text
+    return self._nearest(text)
 
 
 # --- speaker similarity -----------------------------------------------------------------------
