@@ -2,7 +2,8 @@
 
   python -m mimo_jax.evaluate --ckpt=RUN_OR_OFFICIAL_DIR [--ckpt=...] --codec_ckpt=DIR \\
       --tasks=asr,tts,codec --data=asr=/data/test-clean --data=tts=/data/meta.lst \\
-      --data=codec=/data/clips.jsonl --output=DIR [--prompt_format=sft|pretrain]
+      --data=codec=/data/clips.jsonl --output=DIR [--prompt_format=sft|pretrain] \\
+      [--stream_text=given|free] [--closed_set=SENTENCES.txt]
 
 Tasks (`eval.tasks`): asr, tts, continuation, codec, s2s, dialogue, mmlu_t2t / s2t / t2s / s2s.
 `--data=TASK=PATH` names each task's local data (a bare PATH serves every task). Several --ckpt
@@ -12,6 +13,11 @@ generated audio (audio/) and histograms (hist_*.png); OUTPUT/<ckpt>/report.md an
 hold the table, with the skipped items counted by reason; OUTPUT/comparison.{md,json} sets the
 checkpoints side by side. On several hosts each evaluates its share of the items and host 0
 merges. Nothing is downloaded: checkpoints, data and judges are local.
+
+Judges (`eval.judges`): open-vocabulary pocketsphinx, and (unless --noclosed_judge) closed-set
+pocketsphinx, which names which sentence of the task's own sentences (plus --closed_set) was said;
+resemblyzer SIM; DNSMOS. Every judge also scores the reference audio (`ref_*`). summary.json's
+keys are documented in `eval.tasks.summarize`.
 """
 
 from __future__ import annotations
@@ -61,6 +67,26 @@ def sentences_of(task: str, items: list[dict]) -> list[str]:
           and wer.normalize(it[key])]
 
 
+def read_closed_set(path: str) -> list[str]:
+  """The English sentences of a list: one per line, or `language<TAB>sentence` lines (the
+  corpus's sentence files); `#` comments and blank lines are ignored."""
+  sentences = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      line = line.strip()
+      if not line or line.startswith("#"):
+        continue
+      language, tab, text = line.partition("\t")
+      if tab and language != "en":
+        continue
+      text = text if tab else line
+      if not wer.is_chinese(text) and wer.normalize(text):
+        sentences.append(text.strip())
+  if not sentences:
+    raise ValueError(f"--closed_set={path}: no English sentence in it")
+  return sentences
+
+
 def _progress(task: str, done: int, total: int, start: float, n_start: int) -> None:
   rate = (done - n_start) / max(time.perf_counter() - start, 1e-9)
   eta = (total - done) / rate if rate > 0 else float("inf")
@@ -89,27 +115,37 @@ def _sync(tag: str) -> None:
     multihost_utils.sync_global_devices(tag)
 
 
+JUDGED_TASKS = ("asr", "tts", "continuation", "s2s")  # those whose speech says a known sentence
+
+
 def evaluate_checkpoint(name: str, backend, codec: tuple, data: dict[str, TaskData],
                         output: str, *, batch_size: int = 8, options: dict | None = None,
-                        open_judge: judges.SphinxJudge | None = None) -> dict | None:
+                        open_judge: judges.SphinxJudge | None = None,
+                        closed_set: list[str] = ()) -> dict | None:
   """Every task of one checkpoint; host 0 merges the hosts' rows and writes the report, whose
-  summary it returns (other hosts return None). backend: a `MimoBackend` or a stand-in."""
+  summary it returns (other hosts return None). backend: a `MimoBackend` or a stand-in.
+  options["closed_judge"]: judge the judged tasks in closed-set mode too, over each task's own
+  sentences plus `closed_set`."""
+  options = options or {}
   folder = os.path.join(output, name)
+  closed_sizes = {}
   for task, task_data in data.items():
     task_dir = os.path.join(folder, task)
     os.makedirs(os.path.join(task_dir, "audio"), exist_ok=True)
-    sentences = sentences_of(task, task_data.items)
-    closed = judges.SphinxJudge(sentences) if sentences and (options or {}).get(
-        "closed_judge", False) and task not in ("codec", "dialogue") else None
+    sentences = sentences_of(task, task_data.items) + list(closed_set)
+    closed = None
+    if options.get("closed_judge") and task in JUDGED_TASKS and sentences:
+      closed = judges.SphinxJudge(sentences)
+      closed_sizes[task] = len(closed.sentences)
     ctx = tasks.Context(backend, open_judge, closed, os.path.join(task_dir, "audio"), codec,
-                        {**(options or {}), **task_data.options})
+                        {**options, **task_data.options})
     run_task(name, task, task_data, ctx, task_dir, batch_size)
   _sync(f"evaluate-{name}")
   if jax.process_index() != 0:
     return None
-  summary = {"ckpt": name, "tasks": {}, "skipped": {},
-             "judge_modes": ["open"] + (["closed"] if (options or {}).get("closed_judge", False)
-                                        else [])}
+  # settings: the run's options (flags) and the closed set's size per task (0: no closed judge).
+  summary = {"ckpt": name, "settings": {**options, "closed_set_sizes": closed_sizes},
+             "tasks": {}, "skipped": {}}
   for task, task_data in data.items():
     task_dir = os.path.join(folder, task)
     rows = store.merge(task_dir, task_data.items)
@@ -158,7 +194,10 @@ def run(args) -> int:
   paths = parse_data(args.data or [], task_names)
   data = {t: read_task(t, paths[t], args.limit, args.n_shots) for t in task_names}
   options = {"continuation_seconds": args.continuation_seconds, "n_q": args.n_q,
-             "dnsmos": args.dnsmos, "closed_judge": args.closed_judge}
+             "dnsmos": args.dnsmos, "closed_judge": args.closed_judge,
+             "stream_text": args.stream_text, "self_asr": args.self_asr,
+             "prompt_format": args.prompt_format, "max_new": args.max_new, "seed": args.seed}
+  closed_set = read_closed_set(args.closed_set) if args.closed_set else []
   open_judge = judges.SphinxJudge()
   summaries = []
   ckpts = args.ckpt or []
@@ -175,7 +214,7 @@ def run(args) -> int:
       codec = backend.codec
     summary = evaluate_checkpoint(name, backend, codec, data, args.output,
                                   batch_size=args.batch_size, options=options,
-                                  open_judge=open_judge)
+                                  open_judge=open_judge, closed_set=closed_set)
     if summary is not None:
       summaries.append(summary)
       print(open(os.path.join(args.output, name, "report.md"), encoding="utf-8").read())
@@ -184,29 +223,50 @@ def run(args) -> int:
   return 0
 
 
-def define_flags() -> None:
-  """The command's flags (defined only when run as a command)."""
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """The command's flags (defined only when run as a command), into `fv`."""
+  from mimo_jax.inference import STREAM_TEXT  # noqa: PLC0415 (loads the model stack)
   flags.DEFINE_multi_string("ckpt", None, "Official MiMo-Audio folder or training run directory; "
-                            "repeat for a side-by-side table.")
+                            "repeat for a side-by-side table.", flag_values=fv)
   flags.DEFINE_string("codec_ckpt", None, "Official tokenizer (codec) folder or codec run.",
-                      required=True)
-  flags.DEFINE_string("tokenizer", None, "Text tokenizer.json or its folder (default: --ckpt).")
-  flags.DEFINE_list("tasks", None, f"Tasks to run: {', '.join(tasks.TASKS)}.", required=True)
-  flags.DEFINE_multi_string("data", None, "TASK=PATH (or PATH for every task): local data.")
-  flags.DEFINE_string("output", None, "Folder for results and reports.", required=True)
+                      required=True, flag_values=fv)
+  flags.DEFINE_string("tokenizer", None, "Text tokenizer.json or its folder (default: --ckpt).",
+                      flag_values=fv)
+  flags.DEFINE_list("tasks", None, f"Tasks to run: {', '.join(tasks.TASKS)}.", required=True,
+                    flag_values=fv)
+  flags.DEFINE_multi_string("data", None, "TASK=PATH (or PATH for every task): local data.",
+                            flag_values=fv)
+  flags.DEFINE_string("output", None, "Folder for results and reports.", required=True,
+                      flag_values=fv)
   flags.DEFINE_enum("prompt_format", "sft", list(PROMPT_FORMATS),
-                    "ASR/TTS prompts: Base pre-training formats or SFT chat formats.")
-  flags.DEFINE_integer("batch_size", 8, "Items per generation batch.")
-  flags.DEFINE_integer("max_new", 512, "At most this many LLM steps per answer.")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.DEFINE_string("dtype", None, "Compute dtype (default: the config's).")
-  flags.DEFINE_integer("limit", None, "Score only the first N items of each task.")
-  flags.DEFINE_integer("n_shots", 5, "Few-shot examples per multiple-choice prompt.")
-  flags.DEFINE_float("continuation_seconds", 3.0, "Prompt length of speech continuation.")
-  flags.DEFINE_integer("n_q", None, "Codec task: RVQ stages (default min(8, num_quantizers)).")
-  flags.DEFINE_bool("dnsmos", True, "Score DNSMOS (about 0.3 s of CPU per clip).")
-  flags.DEFINE_bool("closed_judge", False, "Also judge with closed-set pocketsphinx (not yet "
-                    "reliable: see eval.judges.SphinxJudge).")
+                    "ASR/TTS prompts: Base pre-training formats or SFT chat formats.",
+                    flag_values=fv)
+  flags.DEFINE_integer("batch_size", 8, "Items per generation batch.", flag_values=fv)
+  flags.DEFINE_integer("max_new", 512, "At most this many LLM steps per answer.", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=fv)
+  flags.DEFINE_string("dtype", None, "Compute dtype (default: the config's).", flag_values=fv)
+  flags.DEFINE_integer("limit", None, "Score only the first N items of each task.",
+                       flag_values=fv)
+  flags.DEFINE_integer("n_shots", 5, "Few-shot examples per multiple-choice prompt.",
+                       flag_values=fv)
+  flags.DEFINE_float("continuation_seconds", 3.0, "Prompt length of speech continuation.",
+                     flag_values=fv)
+  flags.DEFINE_integer("n_q", None, "Codec task: RVQ stages (default min(8, num_quantizers)).",
+                       flag_values=fv)
+  flags.DEFINE_bool("dnsmos", True, "Score DNSMOS (about 0.3 s of CPU per clip).",
+                    flag_values=fv)
+  flags.DEFINE_bool("closed_judge", True, "Also judge speech with closed-set pocketsphinx: "
+                    "which sentence of the task's own (plus --closed_set) was said.",
+                    flag_values=fv)
+  flags.DEFINE_string("closed_set", None, "More sentences for the closed-set judge to choose "
+                      "among: one per line, or `language<TAB>sentence` lines.", flag_values=fv)
+  # "given" by default: a small or young model that has not learnt when to switch its output
+  # stream from text to audio would otherwise never speak; the model still makes all the audio.
+  flags.DEFINE_enum("stream_text", "given", list(STREAM_TEXT), "TTS: the output stream's text "
+                    "channel. " + "; ".join(f"{k}: {v}" for k, v in STREAM_TEXT.items()) + ".",
+                    flag_values=fv)
+  flags.DEFINE_bool("self_asr", True, "TTS: also transcribe the generated speech with the "
+                    "model's own ASR (one more generation per batch).", flag_values=fv)
 
 
 def main(argv):

@@ -10,33 +10,46 @@ import os
 import numpy as np
 
 # Per-item columns worth a histogram: (row key, axis label).
-HISTOGRAMS = (("error_rate", "WER / CER"), ("wer_open", "judge WER (open vocabulary)"),
-              ("wer_closed", "judge WER (closed set)"), ("sim", "speaker similarity"))
+HISTOGRAMS = (("error_rate", "WER / CER"), ("open_wer", "judge WER (open vocabulary)"),
+              ("closed_wer", "judge WER (closed set)"), ("sim", "speaker similarity"),
+              ("duration_ratio", "generated / reference seconds"))
 
 
 def _cell(value) -> str:
+  if value is None:  # a figure nothing was scored for
+    return ""
   if isinstance(value, float):
     return "nan" if math.isnan(value) else f"{value:.4g}"
   return str(value)
 
 
+def _leaves(prefix: str, value) -> dict[str, object]:
+  if not isinstance(value, dict):
+    return {prefix: value}
+  return {k: v for key, sub in value.items() for k, v in _leaves(f"{prefix}.{key}", sub).items()}
+
+
 def flatten(summary: dict) -> dict[str, object]:
-  """{"task.metric": value} of a checkpoint's summary (nested dicts such as per-subject
-  accuracies are left to the JSON)."""
-  return {f"{task}.{key}": value for task, figures in summary["tasks"].items()
-          for key, value in figures.items() if not isinstance(value, dict)}
+  """{"task.metric[.part]": value} of a checkpoint's summary ("tts.open_wer.macro")."""
+  return {k: v for task, figures in summary["tasks"].items()
+          for k, v in _leaves(task, figures).items()}
 
 
 def write_checkpoint(folder: str, summary: dict) -> None:
   """summary.json and report.md of one checkpoint's run."""
   with open(os.path.join(folder, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1, ensure_ascii=False)
+  sizes = summary["settings"].get("closed_set_sizes", {})
+  closed = (", closed set (`closed_*`: " + ", ".join(f"{t} {n} sentences" for t, n in
+                                                     sizes.items()) + ")") if sizes else ""
   lines = [f"# Evaluation of {summary['ckpt']}", "",
-           f"Judges: pocketsphinx {', '.join(summary['judge_modes'])} "
-           "(`wer_open`: open vocabulary; `wer_closed`: closed set over the task's sentences), "
-           "resemblyzer SIM, DNSMOS. `ref_*` columns: the same judge on the reference audio. "
-           "`*_macro`: mean of per-utterance rates; `*_corpus`: all errors over all reference "
-           "units.", "", "| task | metric | value |", "|---|---|---|"]
+           f"Judges: pocketsphinx open vocabulary (`open_*`){closed}, resemblyzer SIM, DNSMOS. "
+           "`ref_*`: the same judge on the reference audio. `.macro`: mean of per-utterance "
+           "rates; `.corpus`: all errors over all reference words; `.n`: items scored. Keys: "
+           "`mimo_jax.eval.tasks.summarize`.", "",
+           "Settings: " + ", ".join(f"{k}={v}" for k, v in summary["settings"].items()
+                                    if k != "closed_set_sizes"), "",
+           "| task | metric | value |", "|---|---|---|"]
   for name, value in flatten(summary).items():
     task, metric = name.split(".", 1)
     lines.append(f"| {task} | {metric} | {_cell(value)} |")
@@ -58,7 +71,7 @@ def write_side_by_side(path_stem: str, summaries: list[dict]) -> None:
     json.dump(table, f, indent=1, ensure_ascii=False)
   lines = ["| metric | " + " | ".join(s["ckpt"] for s in summaries) + " |",
            "|---|" + "---|" * len(summaries)]
-  lines += [f"| {name} | " + " | ".join(_cell(v) if v is not None else "" for v in row.values())
+  lines += [f"| {name} | " + " | ".join(_cell(v) for v in row.values())
             + " |" for name, row in table.items()]
   with open(path_stem + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")

@@ -10,13 +10,18 @@ or reconstructed audio: a judge's error on real speech is the floor a model can 
 
 | task | data | model call | scores |
 |---|---|---|---|
-| asr | manifest / LibriSpeech folder | `backend.asr` | WER/CER; judge WER on the input |
-| tts | Seed-TTS `meta.lst`, sentence list `.txt`, or manifest | `backend.tts` | judge WER, SIM to the prompt voice, DNSMOS |
-| continuation | manifest | `backend.continue_speech` | SIM to the prompt, judge WER of prompt + continuation vs the transcript |
+| asr | manifest / LibriSpeech folder | `backend.asr` | WER/CER; judges on the input |
+| tts | Seed-TTS meta.lst, .txt sentences, manifest | `backend.tts` | judges, SIM, DNSMOS, length |
+| continuation | manifest | `backend.continue_speech` | SIM to the prompt, judges |
 | codec | manifest / folder | codec encode + decode | PESQ NB/WB, STOI, SIM, kbps, DNSMOS |
-| mmlu_t2t ... mmlu_s2s | SpeechMMLU folder (`choice`) | `backend.few_shot` | accuracy (option regex) |
-| s2s | JSONL of in-context S2S items | `backend.in_context_s2s` | SIM to the target, judge WER vs its transcript |
-| dialogue | manifest | `backend.dialogue` | non-empty speech answer; judge transcript |
+| mmlu_t2t ... mmlu_s2s | SpeechMMLU folder (`choice`) | `backend.few_shot` | accuracy (regex) |
+| s2s | JSONL of in-context S2S items | `backend.in_context_s2s` | SIM to the target, judges |
+| dialogue | manifest | `backend.dialogue` | non-empty speech answer |
+
+Judge columns of a row (prefix `ref_` on the reference audio): `open_transcript` / `open_wer`
+(open-vocabulary pocketsphinx), `closed_transcript` / `closed_wer` / `closed_correct` (the
+closed-set judge's answer, its WER against the asked sentence in the judge's spelling, and
+whether it named that sentence). `summarize` documents the summary's keys.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from mimo_jax.eval import choice, codec_metrics, judges, wer
 
 EMPTY_REFERENCE = "empty_reference"
 NO_AUDIO = "no_audio"  # the model answered without speech: scored, not skipped
+GENERATION_REFUSED = "generation_refused"
 
 
 @dataclasses.dataclass
@@ -141,6 +147,14 @@ def _rate(ctx: Context) -> int:
   return ctx.codec[1].sampling_rate
 
 
+def _wer_fields(prefix: str, reference: str, hypothesis: str, language: str | None) -> dict:
+  """`<prefix>wer` of one utterance, with its error and reference-word counts for the corpus
+  figure."""
+  rate = wer.error_rate(reference, hypothesis, language)
+  return {f"{prefix}wer": rate["error_rate"], f"{prefix}errors": rate["errors"],
+          f"{prefix}units": rate["ref_units"]}
+
+
 def _judge_text(ctx: Context, prefix: str, wav: np.ndarray, text: str, language: str) -> dict:
   """Judge transcripts and WER (open and closed set) of speech that should say `text`."""
   out = {}
@@ -153,8 +167,15 @@ def _judge_text(ctx: Context, prefix: str, wav: np.ndarray, text: str, language:
       hyp = judge.transcribe(wav, _rate(ctx)) if len(wav) else ""
     except judges.JudgeError as e:
       hyp, out[f"{prefix}judge_note"] = "", str(e)
-    out[f"{prefix}transcript_{mode}"] = hyp
-    out[f"{prefix}wer_{mode}"] = wer.error_rate(text, hyp, "en")["error_rate"]
+    # The closed judge answers in its own spelling (words it cannot say dropped): compare alike.
+    asked = judge.spell(text) if mode == "closed" else text
+    if not asked:
+      out[f"{prefix}judge_note"] = f"the {mode}-set judge can say no word of {text!r}"
+      continue
+    out[f"{prefix}{mode}_transcript"] = hyp
+    out.update(_wer_fields(f"{prefix}{mode}_", asked, hyp, "en"))
+    if mode == "closed":
+      out[f"{prefix}closed_correct"] = hyp == asked
   return out
 
 
@@ -181,19 +202,40 @@ def _save(ctx: Context, item_id: str, wav: np.ndarray) -> str:
   return path
 
 
+def _generate_each(generate: Callable, ready: list[tuple[dict, object]]) -> list:
+  """generate's outputs for `ready` (item, inputs) pairs, or a Skip in place of each request the
+  model refuses (ValueError: a prompt or given text beyond its limits). A refused batch is split
+  in halves until the refused requests are alone, so the others are still generated together."""
+  try:
+    return list(generate([x for _, x in ready]))
+  except ValueError as e:
+    if len(ready) == 1:
+      return [Skip(GENERATION_REFUSED, f"{ready[0][0]['id']}: {e} (a longer --max_new may fit "
+                   f"it)")]
+    half = len(ready) // 2
+    return _generate_each(generate, ready[:half]) + _generate_each(generate, ready[half:])
+
+
 def _per_item(batch: list[dict], prepare: Callable, generate: Callable, score: Callable
               ) -> list[dict]:
   """prepare(item) -> inputs (or Skip); generate([inputs]) -> outputs; score(item, inputs,
   output) -> row fields. Skipped items get a row with the reason and never reach the model."""
   rows, ready = {}, []
+
+  def skip(item, e: Skip):
+    rows[item["id"]] = {"id": item["id"], "skipped": e.reason, "message": str(e)}
+
   for item in batch:
     try:
       ready.append((item, prepare(item)))
     except Skip as e:
-      rows[item["id"]] = {"id": item["id"], "skipped": e.reason, "message": str(e)}
+      skip(item, e)
   if ready:
-    for (item, inputs), output in zip(ready, generate([x for _, x in ready])):
-      rows[item["id"]] = {"id": item["id"], **score(item, inputs, output)}
+    for (item, inputs), output in zip(ready, _generate_each(generate, ready)):
+      if isinstance(output, Skip):
+        skip(item, output)
+      else:
+        rows[item["id"]] = {"id": item["id"], **score(item, inputs, output)}
   return [rows[item["id"]] for item in batch]
 
 
@@ -220,6 +262,11 @@ def run_asr(ctx: Context, batch: list[dict]) -> list[dict]:
   return _per_item(batch, prepare, ctx.backend.asr, score)
 
 
+def _generate_kwargs(ctx: Context) -> dict:
+  """Options a TTS generation takes from the flags (`MimoAudio.generate`'s own defaults else)."""
+  return {"stream_text": ctx.options["stream_text"]} if "stream_text" in ctx.options else {}
+
+
 def run_tts(ctx: Context, batch: list[dict]) -> list[dict]:
   def prepare(item):
     text = _text_of(item)
@@ -227,23 +274,38 @@ def run_tts(ctx: Context, batch: list[dict]) -> list[dict]:
     reference = load_wav(ctx, item["reference"]) if item.get("reference") else None
     return text, voice, reference
 
-  def score(item, inputs, wav):
+  def generate(inputs):
+    wavs = ctx.backend.tts([x[0] for x in inputs], **_generate_kwargs(ctx))
+    if not ctx.options.get("self_asr"):
+      return [(w, None) for w in wavs]
+    # The model's own ASR of what it said: a second judge, one more batched generation.
+    spoken = [w for w in wavs if len(w)]
+    heard = iter(ctx.backend.asr(spoken) if spoken else [])
+    return [(w, wer.cut_asr_hypothesis(next(heard)) if len(w) else "") for w in wavs]
+
+  def score(item, inputs, output):
     text, voice, reference = inputs
+    wav, heard = output
     row = {"text": text, "audio": _save(ctx, item["id"], wav), "seconds": len(wav) / _rate(ctx)}
     if not len(wav):
       row["note"] = NO_AUDIO
     row.update(_judge_text(ctx, "", wav, text, item.get("language", "")))
     row.update(_mos(ctx, "", wav) if len(wav) else {})
+    if heard is not None:
+      row["self_asr_transcript"] = heard
+      row.update(_wer_fields("self_asr_", text, heard, item.get("language") or None))
     if voice is not None:
       row["sim"] = _sim(ctx, wav, voice) if len(wav) else math.nan
     if reference is not None:
+      row["ref_seconds"] = len(reference) / _rate(ctx)
+      row["duration_ratio"] = row["seconds"] / row["ref_seconds"]
       row.update(_judge_text(ctx, "ref_", reference, text, item.get("language", "")))
       row.update(_mos(ctx, "ref_", reference))
       if voice is not None and item["reference"] != item["prompt_wav"]:
         row["ref_sim"] = _sim(ctx, reference, voice)
     return row
 
-  return _per_item(batch, prepare, lambda xs: ctx.backend.tts([x[0] for x in xs]), score)
+  return _per_item(batch, prepare, generate, score)
 
 
 def run_continuation(ctx: Context, batch: list[dict]) -> list[dict]:
@@ -314,7 +376,7 @@ def run_mmlu(ctx: Context, batch: list[dict]) -> list[dict]:
     row = {"subject": item["subject"], "answer": item["answer"], "output_text": text}
     if speech_answer:
       row["audio"] = _save(ctx, item["id"], wav)
-      text = row["transcript_open"] = ctx.judge.transcribe(wav, _rate(ctx)) if len(wav) else ""
+      text = row["open_transcript"] = ctx.judge.transcribe(wav, _rate(ctx)) if len(wav) else ""
     row["prediction"] = choice.extract_choice(text)
     return row
 
@@ -348,7 +410,7 @@ def run_dialogue(ctx: Context, batch: list[dict]) -> list[dict]:
     row = {"answer_text": text, "audio": _save(ctx, item["id"], speech),
            "seconds": len(speech) / _rate(ctx), "speech_answer": bool(len(speech))}
     if len(speech) and ctx.judge is not None:
-      row["transcript_open"] = ctx.judge.transcribe(speech, _rate(ctx))
+      row["open_transcript"] = ctx.judge.transcribe(speech, _rate(ctx))
     return row
 
   return _per_item(batch, lambda item: load_wav(ctx, item["audio"]), ctx.backend.dialogue, score)
@@ -357,48 +419,88 @@ def run_dialogue(ctx: Context, batch: list[dict]) -> list[dict]:
 # --- summaries --------------------------------------------------------------------------------
 
 
-def _mean(rows: list[dict], key: str) -> float | None:
-  values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and
-            math.isfinite(r[key])]
-  return float(np.mean(values)) if values else None
+def _finite(rows: list[dict], key: str) -> list[float]:
+  return [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and
+          math.isfinite(r[key])]
 
 
-def _means(rows: list[dict], keys) -> dict:
-  return {k: v for k in keys if (v := _mean(rows, k)) is not None}
+def _mean(rows: list[dict], key: str) -> dict:
+  values = _finite(rows, key)
+  return {"mean": float(np.mean(values)) if values else None, "n": len(values)}
 
 
-def _wer_summary(rows: list[dict], key: str) -> dict:
-  """Macro mean of a judge WER column over the rows that have it."""
-  scored = [r for r in rows if key in r]
-  return {f"{key}_macro": float(np.mean([r[key] for r in scored]))} if scored else {}
+def _rates(rows: list[dict], prefix: str) -> dict:
+  """Macro (mean of per-item rates) and corpus (all errors / all reference words) of the
+  `<prefix>wer` / `<prefix>errors` / `<prefix>units` columns."""
+  scored = [r for r in rows if f"{prefix}wer" in r]
+  units = sum(r[f"{prefix}units"] for r in scored)
+  return {"macro": float(np.mean([r[f"{prefix}wer"] for r in scored])) if scored else None,
+          "corpus": sum(r[f"{prefix}errors"] for r in scored) / units if units else None,
+          "n": len(scored)}
 
 
-_JUDGE_KEYS = ("wer_open", "wer_closed", "ref_wer_open", "ref_wer_closed")
-_MOS_KEYS = tuple(f"{p}dnsmos_{k}" for p in ("", "ref_") for k in ("ovrl", "sig", "bak", "p808"))
+def _accuracy(rows: list[dict], key: str) -> float | None:
+  judged = [r[key] for r in rows if key in r]
+  return sum(judged) / len(judged) if judged else None
+
+
+def _judges(rows: list[dict]) -> dict:
+  out = {}
+  for prefix in ("", "ref_"):
+    for mode in ("open", "closed"):
+      out[f"{prefix}{mode}_wer"] = _rates(rows, f"{prefix}{mode}_")
+    out[f"{prefix}closed_accuracy"] = _accuracy(rows, f"{prefix}closed_correct")
+  model, floor = out["open_wer"]["macro"], out["ref_open_wer"]["macro"]
+  out["open_wer_vs_reference"] = model / floor if model is not None and floor else None
+  return out
+
+
+_MOS = tuple(f"{p}dnsmos_{k}" for p in ("", "ref_") for k in ("ovrl", "sig", "bak", "p808"))
+_CODEC = ("pesq_nb", "pesq_wb", "stoi", "si_sdr", "mel_distance", "kbps")
 
 
 def summarize(task: str, rows: list[dict]) -> dict:
-  """Headline figures of a task's scored rows (skipped rows are counted by the caller)."""
+  """Headline figures of a task's rows; skipped rows are left out (the caller counts them).
+
+  Keys (every key of a task is always present; a figure nothing was scored for is null):
+  - `n_scored`: rows scored.
+  - error rates, {"macro", "corpus", "n"}: `wer` (asr: the model's WER, or CER for Chinese,
+    with "unit"), `open_wer` / `closed_wer` (judges on the model's audio), `ref_open_wer` /
+    `ref_closed_wer` (the same judges on the reference audio), `self_asr_wer` (tts: the model's
+    own ASR of its speech).
+  - `closed_accuracy` / `ref_closed_accuracy`: share of judged items whose closed-set answer is
+    the asked sentence. `open_wer_vs_reference`: open_wer.macro / ref_open_wer.macro.
+  - means, {"mean", "n"}: `sim` (speaker similarity to the prompt voice or input), `ref_sim`,
+    `seconds`, `ref_seconds`, `duration_ratio` (generated / reference seconds), `dnsmos_*` /
+    `ref_dnsmos_*` (ovrl, sig, bak, p808), codec `pesq_nb`, `pesq_wb`, `stoi`, `si_sdr`,
+    `mel_distance`, `kbps`.
+  - `no_audio`: items answered without speech (scored as such: empty transcripts).
+  - mmlu_*: `accuracy`, `correct`, `n`, `no_option`, `per_subject`; dialogue:
+    `speech_answer_rate`.
+  """
   scored = [r for r in rows if "skipped" not in r]
   out = {"n_scored": len(scored)}
   if task == "asr":
     counts = wer.summarize(scored)
-    out.update({"wer_macro": counts["macro"], "wer_corpus": counts["corpus"],
-                "unit": counts["unit"]})
+    out["wer"] = {"macro": counts["macro"] if scored else None,
+                  "corpus": counts["corpus"] if scored else None, "n": counts["n"],
+                  "unit": counts["unit"]}
   if task in ("asr", "tts", "continuation", "s2s"):
-    for key in _JUDGE_KEYS:
-      out.update(_wer_summary(scored, key))
+    out.update(_judges(scored))
   if task in ("tts", "continuation", "s2s", "codec"):
-    out.update(_means(scored, ("sim", "ref_sim") + _MOS_KEYS))
+    out.update({k: _mean(scored, k) for k in ("sim", "ref_sim") + _MOS})
   if task in ("tts", "continuation", "s2s"):
     out["no_audio"] = sum(r.get("note") == NO_AUDIO for r in scored)
+  if task == "tts":
+    out["self_asr_wer"] = _rates(scored, "self_asr_")
+    out.update({k: _mean(scored, k) for k in ("seconds", "ref_seconds", "duration_ratio")})
   if task == "codec":
-    out.update(_means(scored, ("pesq_nb", "pesq_wb", "stoi", "si_sdr", "mel_distance", "kbps")))
+    out.update({k: _mean(scored, k) for k in _CODEC})
   if task.startswith("mmlu_"):
     out.update(choice.summarize(scored))
   if task == "dialogue":
     out["speech_answer_rate"] = (sum(r["speech_answer"] for r in scored) / len(scored)
-                                 if scored else math.nan)
+                                 if scored else None)
   return out
 
 
