@@ -1,4 +1,5 @@
-"""Shared test helpers: random parameters that exercise every weight, and HF reference models."""
+"""Shared test helpers: random parameters that exercise every weight, HF reference models, and a
+random model steered to speak."""
 
 import jax
 import numpy as np
@@ -6,6 +7,8 @@ import torch
 import transformers
 
 from mimo_jax.config import StackConfig
+from mimo_jax.data import templates
+from mimo_jax.lm import model
 from mimo_jax.nn.params import init_params
 
 
@@ -40,3 +43,15 @@ def hf_stack_forward(model: transformers.Qwen2Model, x_btd: np.ndarray, causal: 
     kwargs["attention_mask"] = {"full_attention": torch.zeros(b, 1, t, t)}
   with torch.no_grad():
     return model(inputs_embeds=x, **kwargs).last_hidden_state.numpy()
+
+
+def speaking_params(mimo, empty_id: int) -> dict:
+  """`mimo`'s params with `<|empty|>` made the text argmax at every step, so that random weights
+  answer with audio: its lm_head column points along the mean direction of the final hidden
+  states of a TTS prompt, which a random model's hidden states all lean toward."""
+  params = mimo.params
+  prompt_kl = templates.tts_sft(mimo.fmt, "hello").ids_kl
+  h_pd = np.asarray(model.forward(params, mimo.cfg, prompt_kl[None], empty_id))[0]
+  kernel = np.array(params["lm_head"]["kernel"])
+  kernel[:, empty_id] = 1e3 * np.mean(h_pd / np.linalg.norm(h_pd, axis=1, keepdims=True), axis=0)
+  return {**params, "lm_head": {"kernel": kernel}}

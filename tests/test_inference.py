@@ -14,10 +14,11 @@ from mimo_jax import inference
 from mimo_jax.codec import api as codec_api
 from mimo_jax.config import ConfigError
 from mimo_jax.data import templates
-from mimo_jax.lm import layout, model
+from mimo_jax.lm import layout
 from mimo_jax.lm.sampling import GREEDY, SamplerConfig
 from mimo_jax.train.checkpoint import Checkpointer
 from tests.codec.common import CLIP, official_io
+from tests.helpers import speaking_params
 
 EOS, IM_END, EOSTM, EMPTY = 400, 402, 416, 412  # the fixture tokenizer's ids
 
@@ -29,17 +30,9 @@ def mimo(official_tiny_lm_dir, official_tiny_codec_dir):
 
 @pytest.fixture(scope="module")
 def speaking(mimo):
-  """The same model with `<|empty|>` made the text argmax at every step, so that the random
-  weights answer with audio: its lm_head column points along the mean direction of the final
-  hidden states of a TTS prompt, which this model's hidden states all lean toward."""
-  params = mimo.params
-  prompt_kl = templates.tts_sft(mimo.fmt, "hello").ids_kl
-  h_pd = np.asarray(model.forward(params, mimo.cfg, prompt_kl[None], EMPTY))[0]
-  kernel = np.array(params["lm_head"]["kernel"])
-  kernel[:, EMPTY] = 1e3 * np.mean(h_pd / np.linalg.norm(h_pd, axis=1, keepdims=True), axis=0)
-  steered = {**params, "lm_head": {"kernel": kernel}}
-  return inference.MimoAudio(steered, mimo.cfg, mimo.codec_params, mimo.codec_cfg,
-                             mimo.tokenizer)
+  """The same model made to answer with audio (`helpers.speaking_params`)."""
+  return inference.MimoAudio(speaking_params(mimo, EMPTY), mimo.cfg, mimo.codec_params,
+                             mimo.codec_cfg, mimo.tokenizer)
 
 
 def _wav_24k():
