@@ -1,117 +1,252 @@
-"""The main job on its embedded default: from nothing to a trained tiny MiMo-Audio on a CPU.
+"""The main job: from nothing to a trained MiMo-Audio that speaks and transcribes, judged offline.
 
-  python -m mimo_jax.demo --workdir=/tmp/mimo_jax_demo     (run from the repository root)
+  python -m mimo_jax.demo [--recipe=demo|learn] [--workdir=DIR]   (run from the repository root)
 
 Each stage is the project's own command, run as a user would run it (its log goes to
 `<workdir>/logs/<stage>.log`):
 
-  1. corpus     python -m mimo_jax.data.corpus       espeak-ng speech + transcripts (a manifest)
-  2. tokenizer  TextTokenizer.train                  a 512-entry BPE over the transcripts
-  3. codec      python -m mimo_jax.train_codec       a tiny audio tokenizer, stage 1
-  4. shards     python -m mimo_jax.pretokenize       the corpus as codes + token ids
+  1. corpus     python -m mimo_jax.data.corpus       espeak-ng speech + transcripts (manifests)
+  2. tokenizer  TextTokenizer.train                  a 512-entry BPE over the training transcripts
+  3. codec      python -m mimo_jax.train_codec       a small audio tokenizer, stage 1
+  4. shards     python -m mimo_jax.pretokenize       the training corpus as codes + token ids
   5. phase1     python -m mimo_jax.train             understanding: text loss only
   6. phase2     python -m mimo_jax.train             understanding + generation, from phase 1
-  7. generate   mimo_jax.inference.MimoAudio         TTS of a sentence, ASR of a held-out clip
+  7. evaluate   python -m mimo_jax.evaluate          ASR, TTS and codec scored by offline judges
 
-It leaves the checkpoints, each run's loss_curve.png, the generated speech and `report.json` in
-the workdir and prints where they are. At tiny size the speech and the transcript are not
-expected to be good: the point is that every stage runs and the losses fall.
+Two recipes (`RECIPES`):
+- `demo` (the default): 64 utterances of the bundled sentences; the model is asked to
+  transcribe training clips and to speak training sentences, i.e. to show that each stage
+  connects and the model learns its data.
+- `learn`: thousands of sentences from `data.sentence_grammar`, with sentences and voices held
+  out; the held-out clips and sentences are scored, beside a random-init model and the phase-1
+  model as baselines.
+What each reaches, and its time, is recorded in experiments/results/learning.md.
+TTS uses the `given` stream text (`inference.STREAM_TEXT`): the sentence is imposed on the output
+stream's schedule and the model makes the audio, which a small model can do long before it has
+learnt to switch between text and audio by itself.
+
+Everything lands in the workdir: checkpoints, each run's loss_curve.png, the evaluation's tables
+and audio (`eval/`), and `report.json` with the timings, the training curves' ends, the judges'
+scores and each target met or missed (`TARGETS`), which are also printed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 
-import numpy as np
-import soundfile
 from absl import app, flags
 
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """What one recipe trains on and how long. `grammar_sentences` 0: the bundled sentence list,
+  with the training clips and sentences evaluated (memorisation); otherwise that many sentences
+  of `data.sentence_grammar`, of which `held_out_sentences` and the `held_out_speakers` voices
+  are never trained on and are what is evaluated."""
+
+  utterances: int
+  codec_steps: int
+  phase1_steps: int
+  phase2_steps: int
+  eval_items: int
+  max_new: int
+  grammar_sentences: int = 0
+  held_out_sentences: int = 0
+  held_out_speakers: tuple[str, ...] = ()
+  baselines: bool = False
+
+
+RECIPES = {
+    "demo": Recipe(utterances=64, codec_steps=300, phase1_steps=300, phase2_steps=300,
+                   eval_items=8, max_new=64),
+    "learn": Recipe(utterances=2000, codec_steps=800, phase1_steps=500, phase2_steps=700,
+                    eval_items=48, max_new=96, grammar_sentences=3000,
+                    held_out_sentences=100, held_out_speakers=("en_us_f2", "en_ca_m4"),
+                    baselines=True),
+}
+
+# (summary key path, comparison, bound, what it means): checked on the trained model's scores.
+TARGETS = {
+    "demo": [(("tts", "duration_ratio", "mean"), "within", 0.4,
+              "TTS lasts within ±40% of espeak-ng's duration"),
+             (("tts", "closed_accuracy"), ">=", 0.5,
+              "the closed-set judge recognises the sentence asked for"),
+             (("asr", "wer", "macro"), "<=", 0.2, "ASR WER on training clips <= 20%")],
+    "learn": [(("asr", "wer", "macro"), "<=", 0.3, "held-out ASR WER <= 30%"),
+              (("tts", "closed_accuracy"), ">=", 0.5, "held-out TTS closed-set accuracy >= 50%"),
+              (("tts", "open_wer_vs_reference"), "<=", 2.0,
+               "open-set judge WER <= 2x its WER on espeak-ng ground truth")],
+}
 
 
 def define_flags() -> None:
   """The command's flags (defined only when run as a command)."""
+  flags.DEFINE_enum("recipe", "demo", list(RECIPES), "Which recipe (see RECIPES).")
   flags.DEFINE_string("workdir", "/tmp/mimo_jax_demo", "Where everything is written.")
   flags.DEFINE_string("configs_dir", "experiments/configs",
                       "Folder of the experiment configs (codec_tiny.py, demo.py).")
-  flags.DEFINE_integer("utterances", 64, "Corpus size (the last 2 are held out).")
-  flags.DEFINE_integer("codec_steps", 300, "Codec training steps.")
-  flags.DEFINE_integer("lm_steps", 300, "Speech LM steps per phase.")
-  flags.DEFINE_integer("max_new", 48, "LLM steps of generation per answer.")
+  flags.DEFINE_integer("utterances", None, "Training utterances (default: the recipe's).")
+  flags.DEFINE_integer("codec_steps", None, "Codec training steps (default: the recipe's).")
+  flags.DEFINE_integer("lm_steps", None, "Speech-LM steps of each phase (default: the recipe's).")
+  flags.DEFINE_integer("eval_items", None, "Clips and sentences evaluated (default: the recipe's).")
+  flags.DEFINE_integer("max_new", None, "LLM steps of generation per answer (default: the "
+                       "recipe's).")
 
 
-HELD_OUT = 2
-# The demo codec: 8 RVQ stages as the LM reads, with small codebooks (the sizes
-# experiments/configs/demo.py declares for the LM).
+# The codec: 8 RVQ stages as the LM reads, with small codebooks (the sizes the LM config
+# declares).
 CODEBOOK_SIZES = "(64,64,32,32,32,32,32,32)"
 
 
+PROGRESS_EVERY = 30.0  # seconds between progress lines of a running stage
+
+
 def _run_stage(name: str, args: list[str], workdir: str) -> float:
-  """Runs `python -m ...` with its output in logs/<name>.log; fails loudly with the log's tail."""
+  """Runs `python -m ...` with its output in logs/<name>.log, printing the log's latest progress
+  line (step, rate, ETA) as it goes; fails loudly with the log's tail."""
   log_path = os.path.join(workdir, "logs", f"{name}.log")
   start = time.time()
+  print(f"  {name:<10} log: {log_path}", flush=True)
+  shown = ""
   with open(log_path, "w") as log:
-    done = subprocess.run([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", *args], stdout=log,
+                               stderr=subprocess.STDOUT)
+    while True:
+      try:
+        process.wait(timeout=PROGRESS_EVERY)
+        break
+      except subprocess.TimeoutExpired:
+        progress = _latest_progress(log_path)
+        if progress != shown:
+          print(f"  {name:<10} {progress}", flush=True)
+          shown = progress
   seconds = time.time() - start
-  if done.returncode != 0:
+  if process.returncode != 0:
     with open(log_path) as log:
       tail = log.read()[-3000:]
-    raise app.Error(f"stage {name} failed (exit {done.returncode}); log {log_path}:\n{tail}")
-  print(f"  {name:<10} {seconds:6.0f} s   log: {log_path}", flush=True)
+    raise app.Error(f"stage {name} failed (exit {process.returncode}); log {log_path}:\n{tail}")
+  print(f"  {name:<10} done in {seconds:.0f} s", flush=True)
   return seconds
 
 
-def _last_metrics(run_dir: str) -> dict:
+def _latest_progress(log_path: str) -> str:
+  """The log's last progress line (the commands log step, rate and ETA), '' before the first."""
+  with open(log_path, errors="replace") as log:
+    lines = [line for line in log.read()[-20000:].splitlines() if "ETA" in line]
+  return lines[-1].split("] ")[-1][:150] if lines else ""
+
+
+def _read_manifest(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_manifest(path: str, records: list[dict]) -> str:
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  return path
+
+
+def _write_sentences(path: str, sentences: list[str]) -> str:
+  with open(path, "w") as f:
+    f.writelines(f"en\t{s}\n" for s in sentences)
+  return path
+
+
+def _corpus_stage(name: str, args: list[str], output: str, n: int, workdir: str) -> float:
+  """Runs a corpus stage unless its manifest already lists the n utterances (a rerun of the job
+  after a stop: the corpus is deterministic, and the later stages resume by themselves)."""
+  manifest = os.path.join(output, "manifest.jsonl")
+  if os.path.isfile(manifest) and len(_read_manifest(manifest)) == n:
+    print(f"  {name:<10} already in {output}", flush=True)
+    return 0.0
+  return _run_stage(name, args, workdir)
+
+
+def _corpora(recipe: Recipe, f, workdir: str, seconds: dict) -> tuple[str, str, str]:
+  """The training manifest, the evaluation manifest and the closed set of sentences."""
+  from mimo_jax.data import corpus as corpus_lib  # noqa: PLC0415 (librosa only when run)
+  corpus = os.path.join(workdir, "corpus")
+  os.makedirs(corpus, exist_ok=True)
+  train_args = ["mimo_jax.data.corpus", f"--output={corpus}", f"--num_utterances={f.utterances}",
+                "--languages=en"]
+  if not recipe.grammar_sentences:
+    seconds["corpus"] = _corpus_stage("corpus", train_args, corpus, f.utterances, workdir)
+    train = os.path.join(corpus, corpus_lib.MANIFEST)
+    records = _read_manifest(train)
+    evaluated = _write_manifest(os.path.join(corpus, "eval.jsonl"), records[:f.eval_items])
+    closed = _write_sentences(os.path.join(corpus, "sentences.txt"),
+                              sorted({r["text"] for r in records}))
+    return train, evaluated, closed
+  from mimo_jax.data import sentence_grammar  # noqa: PLC0415
+  sentences = sentence_grammar.sentences(recipe.grammar_sentences)
+  held_out, trained = sentences[:recipe.held_out_sentences], sentences[recipe.held_out_sentences:]
+  speakers = [v.speaker for v in corpus_lib.VOICES if v.language == "en"]
+  train_speakers = [s for s in speakers if s not in recipe.held_out_speakers]
+  train_list = _write_sentences(os.path.join(workdir, "train_sentences.txt"), trained)
+  closed = _write_sentences(os.path.join(workdir, "held_out_sentences.txt"), held_out)
+  seconds["corpus"] = _corpus_stage("corpus", [
+      *train_args, f"--sentences={train_list}", f"--speakers={','.join(train_speakers)}"],
+      corpus, f.utterances, workdir)
+  held_out_dir = os.path.join(workdir, "corpus_held_out")
+  seconds["corpus_held_out"] = _corpus_stage("corpus_held_out", [
+      "mimo_jax.data.corpus", f"--output={held_out_dir}", f"--num_utterances={f.eval_items}",
+      "--languages=en", "--seed=1", f"--sentences={closed}",
+      f"--speakers={','.join(recipe.held_out_speakers)}"], held_out_dir, f.eval_items, workdir)
+  return (os.path.join(corpus, corpus_lib.MANIFEST),
+          os.path.join(held_out_dir, corpus_lib.MANIFEST), closed)
+
+
+def _train_tokenizer(manifest: str, out_dir: str) -> None:
+  from mimo_jax.data.tokenizer import TextTokenizer  # noqa: PLC0415
+  TextTokenizer.train([r["text"] for r in _read_manifest(manifest)], vocab_size=512).save(out_dir)
+
+
+def _curve_ends(run_dir: str) -> dict:
   from mimo_jax.train.metrics import read_jsonl  # noqa: PLC0415 (the training stack when run)
   rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
   return {"first": rows[0], "last": rows[-1]}
 
 
-def _split_corpus(corpus: str) -> tuple[str, list[dict]]:
-  """Writes the training manifest without the last HELD_OUT utterances; returns it and those."""
-  with open(os.path.join(corpus, "manifest.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  train_path = os.path.join(corpus, "train.jsonl")
-  with open(train_path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records[:-HELD_OUT])
-  return train_path, records[-HELD_OUT:]
+def _lookup(summary: dict, path: tuple[str, ...]):
+  for key in path:
+    if not isinstance(summary, dict) or key not in summary:
+      return None
+    summary = summary[key]
+  return summary
 
 
-def _train_tokenizer(manifest: str, out_dir: str) -> None:
-  from mimo_jax.data.tokenizer import TextTokenizer
-  with open(manifest) as f:
-    texts = [json.loads(line)["text"] for line in f if line.strip()]
-  TextTokenizer.train(texts, vocab_size=512).save(out_dir)
-
-
-def _generate(workdir: str, phase2: str, codec: str, tokenizer: str, corpus: str,
-              held_out: list[dict], max_new: int) -> dict:
-  """TTS of a held-out sentence and ASR of a held-out clip, in the pre-training formats the
-  tiny model was trained on (it has seen no SFT chat data)."""
-  from mimo_jax.data import templates
-  from mimo_jax.inference import MimoAudio
-  mimo = MimoAudio.load(phase2, codec, tokenizer)
-  sentence, clip = held_out[0]["text"], held_out[1]
-  wav, sr = soundfile.read(os.path.join(corpus, clip["audio"]), dtype="float32")
-  tts_prompt = templates.tts(mimo.fmt, sentence)
-  asr_prompt = templates.asr(mimo.fmt, mimo.encode_audio(wav, sr))
-  tts, asr = mimo.generate([tts_prompt, asr_prompt], max_new=max_new)
-  wav_path = os.path.join(workdir, "tts_sample.wav")
-  soundfile.write(wav_path, np.asarray(tts.wav, np.float32), mimo.codec_cfg.sampling_rate)
-  return {"tts_text": sentence, "tts_wav": wav_path,
-          "tts_seconds": len(tts.wav) / mimo.codec_cfg.sampling_rate,
-          "asr_reference": clip["text"], "asr_output": asr.text}
+def check_targets(recipe_name: str, summary: dict) -> list[dict]:
+  """Each target of the recipe with the measured value and whether it is met (None: not
+  measured)."""
+  checked = []
+  for path, op, bound, meaning in TARGETS[recipe_name]:
+    value = _lookup(summary, path)
+    if value is None:
+      met = None
+    elif op == "within":
+      met = abs(value - 1.0) <= bound
+    else:
+      met = value <= bound if op == "<=" else value >= bound
+    checked.append({"target": meaning, "key": ".".join(path), "value": value, "met": met})
+  return checked
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mimo_jax.train.checkpoint import quiet_orbax_logs  # noqa: PLC0415 (orbax only when run)
-  quiet_orbax_logs()  # the generation stage restores the phase-2 run in this process
   f = flags.FLAGS
+  recipe = RECIPES[f.recipe]
+  for name in ("utterances", "codec_steps", "eval_items", "max_new"):
+    if getattr(f, name) is None:
+      setattr(f, name, getattr(recipe, name))
+  phase1_steps = f.lm_steps or recipe.phase1_steps
+  phase2_steps = f.lm_steps or recipe.phase2_steps
   workdir = os.path.abspath(f.workdir)
   configs = os.path.abspath(f.configs_dir)
   for name in ("codec_tiny.py", "demo.py"):
@@ -119,17 +254,15 @@ def main(argv):
       raise app.UsageError(f"--configs_dir={f.configs_dir} has no {name}: run from the "
                            f"repository root or point --configs_dir at experiments/configs")
   os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
-  corpus, tokenizer = os.path.join(workdir, "corpus"), os.path.join(workdir, "tokenizer")
+  tokenizer = os.path.join(workdir, "tokenizer")
   codec, shards = os.path.join(workdir, "codec"), os.path.join(workdir, "shards")
-  phase1, phase2 = os.path.join(workdir, "lm_phase1"), os.path.join(workdir, "lm_phase2")
+  runs = {"phase1": os.path.join(workdir, "lm_phase1"), "phase2": os.path.join(workdir,
+                                                                                "lm_phase2")}
   lm_flags = [f"--config={configs}/demo.py", f"--config.data.path={shards}",
-              f"--config.data.tokenizer={tokenizer}", f"--config.train.steps={f.lm_steps}"]
-  print(f"MiMo-Audio tiny demo in {workdir}", flush=True)
+              f"--config.data.tokenizer={tokenizer}"]
+  print(f"MiMo-Audio {f.recipe} recipe in {workdir}", flush=True)
   seconds = {}
-  seconds["corpus"] = _run_stage("corpus", [
-      "mimo_jax.data.corpus", f"--output={corpus}", f"--num_utterances={f.utterances}",
-      "--languages=en"], workdir)
-  train_manifest, held_out = _split_corpus(corpus)
+  train_manifest, eval_manifest, closed_set = _corpora(recipe, f, workdir, seconds)
   start = time.time()
   _train_tokenizer(train_manifest, tokenizer)
   seconds["tokenizer"] = time.time() - start
@@ -144,30 +277,66 @@ def main(argv):
       f"--tokenizer={tokenizer}", f"--output={shards}"], workdir)
   seconds["phase1"] = _run_stage("phase1", [
       "mimo_jax.train", *lm_flags, "--config.train.phase=understanding",
-      f"--workdir={phase1}"], workdir)
+      f"--config.train.steps={phase1_steps}", f"--workdir={runs['phase1']}"], workdir)
   seconds["phase2"] = _run_stage("phase2", [
-      "mimo_jax.train", *lm_flags, "--config.train.phase=generation", f"--init_from={phase1}",
-      f"--workdir={phase2}"], workdir)
-  start = time.time()
-  samples = _generate(workdir, phase2, codec_export, tokenizer, corpus, held_out,
-                      f.max_new)
-  seconds["generate"] = time.time() - start
-  report = {"seconds": seconds, "samples": samples,
-            "codec": _last_metrics(codec), "phase1": _last_metrics(phase1),
-            "phase2": _last_metrics(phase2)}
-  with open(os.path.join(workdir, "report.json"), "w") as f:
-    json.dump(report, f, indent=2)
+      "mimo_jax.train", *lm_flags, "--config.train.phase=generation",
+      f"--config.train.steps={phase2_steps}", f"--init_from={runs['phase1']}",
+      f"--workdir={runs['phase2']}"], workdir)
+  evaluated = {"trained": runs["phase2"]}
+  if recipe.baselines:
+    # The model before learning: one phase-2 step at 1e-30 of the learning rates, an update far
+    # below the weights' float32 resolution.
+    evaluated["random_init"] = os.path.join(workdir, "lm_random_init")
+    seconds["random_init"] = _run_stage("random_init", [
+        "mimo_jax.train", *lm_flags, "--config.train.phase=generation", "--config.train.steps=1",
+        "--config.train.lr_scale=1e-30", f"--workdir={evaluated['random_init']}"], workdir)
+    evaluated["phase1_only"] = runs["phase1"]
+  eval_dir = os.path.join(workdir, "eval")
+  seconds["evaluate"] = _run_stage("evaluate", [
+      "mimo_jax.evaluate", *[f"--ckpt={run}" for run in evaluated.values()],
+      f"--codec_ckpt={codec_export}", f"--tokenizer={tokenizer}", "--tasks=asr,tts,codec",
+      f"--data={eval_manifest}", f"--output={eval_dir}", "--prompt_format=pretrain",
+      "--stream_text=given", "--closed_judge", f"--closed_set={closed_set}",
+      f"--max_new={f.max_new}"], workdir)
+  scores = {name: _read_summary(eval_dir, run) for name, run in evaluated.items()}
+  report = {"recipe": f.recipe, "seconds": seconds,
+            "codec": _curve_ends(codec), **{run: _curve_ends(path) for run, path in runs.items()},
+            "scores": scores, "targets": check_targets(f.recipe, scores["trained"])}
+  with open(os.path.join(workdir, "report.json"), "w") as out:
+    json.dump(report, out, indent=2)
+  _print_report(report, workdir, eval_dir)
+
+
+def _read_summary(eval_dir: str, run_dir: str) -> dict:
+  """The evaluation's figures per task (`eval.tasks.summarize` documents the keys)."""
+  with open(os.path.join(eval_dir, os.path.basename(run_dir), "summary.json")) as f:
+    return json.load(f)["tasks"]
+
+
+def _print_report(report: dict, workdir: str, eval_dir: str) -> None:
   for run in ("phase1", "phase2"):
     first, last = report[run]["first"], report[run]["last"]
     print(f"{run}: loss {first['loss']:.3f} (step {first['step']}) -> {last['loss']:.3f} "
           f"(step {last['step']}); curve: {os.path.join(workdir, 'lm_' + run, 'loss_curve.png')}")
   print(f"codec: mel loss {report['codec']['first']['mel']:.3f} -> "
-        f"{report['codec']['last']['mel']:.3f}; tokenizer folder: {codec_export}")
-  print(f"TTS  '{samples['tts_text']}' -> {samples['tts_seconds']:.2f} s of audio: "
-        f"{samples['tts_wav']}")
-  print(f"ASR  reference '{samples['asr_reference']}'\n     output    '{samples['asr_output']}'")
-  print(f"checkpoints: {phase1}/checkpoints, {phase2}/checkpoints, {codec}/checkpoints; "
-        f"report: {os.path.join(workdir, 'report.json')}; total {sum(seconds.values()):.0f} s")
+        f"{report['codec']['last']['mel']:.3f}")
+  print(f"scores (tables in {eval_dir}):")
+  for name, summary in report["scores"].items():
+    print(f"  {name:<12} ASR WER {_fmt(_lookup(summary, ('asr', 'wer', 'macro')))}; TTS closed-set "
+          f"accuracy {_fmt(_lookup(summary, ('tts', 'closed_accuracy')))} (ground truth "
+          f"{_fmt(_lookup(summary, ('tts', 'ref_closed_accuracy')))}), open-set WER "
+          f"{_fmt(_lookup(summary, ('tts', 'open_wer', 'macro')))} (ground truth "
+          f"{_fmt(_lookup(summary, ('tts', 'ref_open_wer', 'macro')))}), duration ratio "
+          f"{_fmt(_lookup(summary, ('tts', 'duration_ratio', 'mean')))}")
+  for target in report["targets"]:
+    verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
+    print(f"  target: {target['target']}: {_fmt(target['value'])} -> {verdict}")
+  print(f"report: {os.path.join(workdir, 'report.json')}; total "
+        f"{sum(report['seconds'].values()):.0f} s")
+
+
+def _fmt(value) -> str:
+  return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":
