@@ -284,12 +284,14 @@ def main(argv):
       f"--workdir={runs['phase2']}"], workdir)
   evaluated = {"trained": runs["phase2"]}
   if recipe.baselines:
-    # The model before learning: one phase-2 step at 1e-30 of the learning rates, an update far
+    # The model before learning: one phase-2 step at learning rates of 1e-30, an update far
     # below the weights' float32 resolution.
     evaluated["random_init"] = os.path.join(workdir, "lm_random_init")
     seconds["random_init"] = _run_stage("random_init", [
         "mimo_jax.train", *lm_flags, "--config.train.phase=generation", "--config.train.steps=1",
-        "--config.train.lr_scale=1e-30", f"--workdir={evaluated['random_init']}"], workdir)
+        *[f"--config.train.learning_rates.{group}=1e-30"
+          for group in ("llm", "patch_encoder", "patch_decoder")],
+        f"--workdir={evaluated['random_init']}"], workdir)
     evaluated["phase1_only"] = runs["phase1"]
   eval_dir = os.path.join(workdir, "eval")
   seconds["evaluate"] = _run_stage("evaluate", [
