@@ -108,6 +108,9 @@ def test_sigterm_during_a_data_stall_saves_and_exits(shards, tmp_path):
   finally:
     proc.kill()
   text = log.read_text()
-  assert "preempted at step 0; latest checkpoint: 0" in text, text[-3000:]
-  assert os.path.isdir(workdir / "checkpoints" / "0" / "data")
+  # A batch of the few examples short enough for 4 positions may finish a step before the
+  # signal lands: the run saves at the step it reached.
+  preempted = re.search(r"preempted at step (\d+); latest checkpoint: (\d+)", text)
+  assert preempted and preempted[1] == preempted[2], text[-3000:]
+  assert os.path.isdir(workdir / "checkpoints" / preempted[1] / "data")
   assert json.loads((workdir / "run.json").read_text())["config"]["train"]["positions"] == 4
