@@ -32,11 +32,13 @@ few-shot prompts use (input span, `\\n`, output stream).
 
 SFT chat formats (the official prompt builders of `MimoAudio`, spec §7; loss only on the answer
 and its closing `<|im_end|>`): `chat` renders any conversation; `asr_sft`, `tts_sft`,
-`audio_understanding_sft`, `spoken_dialogue_sft`, `s2t_dialogue_sft` and `text_dialogue_sft` are
-the official tasks on top of it (the dialogue ones take a multi-turn history; only the last reply
-is trained). A text answer follows `<think>\\n\\n</think>\\n` (or `<think>\\n` with
-`thinking=True`, where the answer holds the reasoning, `</think>` and the reply); a speech answer
-is a stream after `<|im_start|>assistant\\n`.
+`instruct_tts_sft` (also with a voice prompt), `audio_understanding_sft`, `spoken_dialogue_sft`,
+`s2t_dialogue_sft` and `text_dialogue_sft` are the official tasks on top of it (the dialogue ones
+take a multi-turn history; only the last reply is trained). A text answer follows
+`<think>\n\n</think>\n` (or `<think>\n` with `thinking=True`, where the answer holds the
+reasoning, `</think>` and the reply); a speech answer is a stream after `<|im_start|>assistant\n`.
+SFT data (the JSONL `messages` of `mimo_jax.data.manifest`) is rendered by `conversation`, which
+trains every assistant turn and nothing else; each task above is such a conversation.
 
 `PHASE_MIXTURES` and `example_for` pick a task per utterance for each training phase,
 deterministically from (seed, index).
@@ -77,14 +79,25 @@ TTS_EN = ("Please convert this text to speech", "Turn this writing into audio",
           "Help me convert this writing to speech", "Make this text into spoken audio")
 # System prompt of the official spoken dialogue with a voice prompt.
 VOICE_PROMPT = "Your voice should be:"
+# System prompts of the official instruct TTS: speech in the instruction's style ("generate speech
+# from the style instruction and the text"), and with a voice prompt also in its timbre ("... with
+# the same timbre as the speech prompt. Your timbre should be:", the prompt audio follows).
+STYLE_SYSTEM = "你需要根据指定的风格指令和文本内容来生成语音。"
+VOICE_STYLE_SYSTEM = "你需要根据指定的风格指令和文本内容来生成和语音prompt具有相同音色的语音。你的音色应该是："
 NO_THINKING = "<think>\n\n</think>\n"
 THINKING = "<think>\n"
+# What closes an empty think block opened by THINKING (THINKING + EMPTY_THOUGHT reads NO_THINKING).
+EMPTY_THOUGHT = "\n</think>\n"
 
 PRETRAIN_TASKS = ("interleaved", "asr", "audio_caption", "tts", "speech_continuation", "text")
 SFT_TASKS = ("asr_sft", "tts_sft")
+# Task names of SFT conversations (JSONL `messages`, rendered by `conversation`): the official
+# chat tasks, and `chat` for any other conversation.
+CHAT_TASKS = ("asr_sft", "tts_sft", "instruct_tts_sft", "audio_understanding_sft",
+              "spoken_dialogue_sft", "s2t_dialogue_sft", "text_dialogue_sft", "chat")
 # Task weights per training phase (spec §5.1): stage 1 trains understanding formats, stage 2 adds
-# generation ones; the SFT mixture covers what an utterance corpus can form (dialogue and
-# understanding data go through `chat` directly). The report gives no ratios: equal weights.
+# generation ones; the SFT mixture covers what an utterance corpus can form (conversations of SFT
+# data carry their own task, `conversation`). The report gives no ratios: equal weights.
 PHASE_MIXTURES: dict[str, dict[str, float]] = {
     "understanding": {"interleaved": 1.0, "asr": 1.0, "audio_caption": 1.0, "text": 1.0},
     "generation": {"interleaved": 1.0, "asr": 1.0, "audio_caption": 1.0, "text": 1.0,
@@ -147,25 +160,49 @@ class Example:
     return self.prompt_positions == len(self.loss_mask_p)
 
 
-def _example(fmt: Formatter, task: str, prompt: list[Segment], answer: list[Segment] | None,
-             after: list[Segment], stop: Sequence[str], train_all: bool) -> Example:
-  """prompt + answer + after, the answer trained (everything with `train_all`). With answer None,
-  the prompt alone: a caller whose answer is a stream ends it with `<|sostm|>`, the stream's
-  first position, so a prompt is always a prefix of its example."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Target:
+  """Context segments trained like the answer: a past reply of SFT data (every assistant turn of
+  a conversation is a target, not only the last)."""
+
+  segments: list[Segment]
+
+
+def _columns(fmt: Formatter, items: Sequence[Segment | _Target]) -> tuple[np.ndarray, np.ndarray]:
+  """The [1 + C, G * P] columns of the items and their loss mask [P]: True on `_Target` positions
+  except a target's opening `<|sostm|>`, which the context gives (the model continues after it)."""
   lay = fmt.layout
+  columns, masks = [np.zeros((1 + lay.n_channels, 0), np.int32)], [np.zeros(0, bool)]
+  for item in items:
+    trained = isinstance(item, _Target)
+    for i, segment in enumerate(item.segments if trained else [item]):
+      segment_kl = layout.segment_columns(segment, lay)
+      mask_p = np.full(segment_kl.shape[1] // lay.group_size, trained)
+      if trained and i == 0 and isinstance(segment, StreamSegment):
+        mask_p[0] = False
+      columns.append(segment_kl)
+      masks.append(mask_p)
+  return np.concatenate(columns, axis=1), np.concatenate(masks)
+
+
+def _example(fmt: Formatter, task: str, prompt: list[Segment | _Target],
+             answer: list[Segment] | None, after: list[Segment], stop: Sequence[str],
+             train_all: bool) -> Example:
+  """prompt + answer + after, the answer and the prompt's `_Target`s trained (everything with
+  `train_all`). With answer None, the prompt alone: a caller whose answer is a stream ends it with
+  `<|sostm|>`, the stream's first position, so a prompt is always a prefix of its example."""
   stop_ids = tuple(fmt.tokenizer.token_to_id(s) for s in stop)
-  speech_answer = bool(answer) and isinstance(answer[0], StreamSegment)
-  prompt_kl = layout.build_sequence(prompt, lay)
-  n_prompt = prompt_kl.shape[1] // lay.group_size
+  prompt_kl, prompt_mask_p = _columns(fmt, prompt)
+  n_prompt = len(prompt_mask_p)
   if answer is None:
     return Example(task, prompt_kl, np.zeros(n_prompt, bool), n_prompt, stop_ids)
-  answer_kl = layout.build_sequence(answer, lay)
-  ids_kl = np.concatenate([prompt_kl, answer_kl, layout.build_sequence(after, lay)], axis=1)
-  n_total, n_answer = ids_kl.shape[1] // lay.group_size, answer_kl.shape[1] // lay.group_size
-  if speech_answer:  # the stream's <|sostm|> belongs to the prompt: the model continues after it
-    n_prompt, n_answer = n_prompt + 1, n_answer - 1
-  mask_p = np.zeros(n_total, bool)
-  mask_p[slice(None) if train_all else slice(n_prompt, n_prompt + n_answer)] = True
+  rest_kl, rest_mask_p = _columns(fmt, [_Target(answer), *after])
+  ids_kl = np.concatenate([prompt_kl, rest_kl], axis=1)
+  mask_p = np.concatenate([prompt_mask_p, rest_mask_p])
+  if train_all:
+    mask_p[:] = True
+  if isinstance(answer[0], StreamSegment):  # the stream's <|sostm|> belongs to the prompt
+    n_prompt += 1
   return Example(task, ids_kl, mask_p, n_prompt, stop_ids)
 
 
@@ -273,10 +310,17 @@ def text(fmt: Formatter, prompt: str = "", continuation: str | None = None) -> E
 @dataclasses.dataclass(frozen=True, eq=False)
 class Turn:
   """One chat turn. role: "system", "user" or "assistant". parts: text (str), input audio
-  (codes [T, C] ndarray) or, for an assistant's spoken reply, `Speech(text, audio_tc)`."""
+  (codes [T, C] ndarray) or, for an assistant's spoken reply, `Speech(text, audio_tc)`.
+
+  An assistant turn with `thinking` opens with `<think>\n` and its text holds the reasoning,
+  `</think>` and the reply; without it a reply that starts with text gets the empty think block.
+  A `trained` assistant turn is a training target although it is context (SFT data trains every
+  assistant turn; the task templates train only the answer)."""
 
   role: str
   parts: tuple
+  thinking: bool = False
+  trained: bool = False
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -287,66 +331,101 @@ class Speech:
   audio_tc: np.ndarray
 
 
-def chat(fmt: Formatter, task: str, history: Sequence[Turn], answer: str | Speech | None = None,
-         *, speech_answer: bool = False, thinking: bool = False) -> Example:
-  """An SFT conversation: `history` (system/user/assistant turns, all context), then the
-  assistant's answer, trained together with its `<|im_end|>`.
+_ROLES = ("system", "user", "assistant")
+_SPEECH_STOP = (_EOS, "<|eostm|>", "<|im_end|>")
+_TEXT_STOP = (_EOS, "<|im_end|>")
 
-  A text answer follows `<think>\\n\\n</think>\\n` (`<think>\\n` with `thinking`); a `Speech`
-  answer is a stream right after `<|im_start|>assistant\\n`. With `answer=None` the prompt ends
-  where the model starts answering; `speech_answer` says which kind to open (and, with an answer,
-  requires a `Speech`).
+
+def chat(fmt: Formatter, task: str, history: Sequence[Turn],
+         answer: str | Speech | Turn | None = None, *, speech_answer: bool = False,
+         thinking: bool = False) -> Example:
+  """An SFT conversation: `history` (system/user/assistant turns, all context unless `trained`),
+  then the assistant's answer, trained together with its `<|im_end|>`.
+
+  The answer is a text (str), a spoken reply (`Speech`: a stream right after
+  `<|im_start|>assistant\n`) or an assistant `Turn` of several parts. A text answer follows
+  `<think>\n\n</think>\n`, or `<think>\n` with `thinking` (the answer then holds the reasoning,
+  `</think>` and the reply). With `answer=None` the prompt ends where the model starts answering;
+  `speech_answer` says which kind to open (and, with an answer, requires speech in it).
   """
-  prompt: list[Segment] = []
+  prompt: list[Segment | _Target] = []
   for turn in history:
     prompt += _render_turn(fmt, task, turn)
-  prompt.append(fmt.markup("<|im_start|>assistant\n"))
-  if answer is not None:
-    if speech_answer and not isinstance(answer, Speech):
-      raise TemplateError(f"{task}: a speech answer must be a Speech, got {type(answer).__name__}")
-    if not isinstance(answer, (str, Speech)):
-      raise TemplateError(f"{task}: an answer must be a str or a Speech, got "
-                          f"{type(answer).__name__}")
-    speech_answer = isinstance(answer, Speech)
-  if speech_answer:
-    stop = (_EOS, "<|eostm|>", "<|im_end|>")
-  else:
-    prompt.append(fmt.markup(THINKING if thinking else NO_THINKING))
-    stop = (_EOS, "<|im_end|>")
   if answer is None:
-    return _example(fmt, task, _prompt_with_stream_open(fmt, prompt) if speech_answer else prompt,
-                    None, [], stop, False)
-  if speech_answer:
-    _require(task, answer_text=answer.text, answer_audio=answer.audio_tc)
-    body = fmt.stream(answer.text, answer.audio_tc)
-  else:
-    _require(task, answer=answer)
-    body = fmt.data(answer)
-  return _example(fmt, task, prompt, [body, fmt.markup("<|im_end|>")], [fmt.markup("\n")], stop,
-                  False)
+    opener = _reply_opener(fmt, speech_answer, thinking)
+    if speech_answer and not thinking:
+      opener = _prompt_with_stream_open(fmt, opener)
+    return _example(fmt, task, prompt + opener, None, [],
+                    _SPEECH_STOP if speech_answer else _TEXT_STOP, False)
+  if not isinstance(answer, (str, Speech, Turn)):
+    raise TemplateError(f"{task}: an answer must be a str, a Speech or a Turn, got "
+                        f"{type(answer).__name__}")
+  reply = answer if isinstance(answer, Turn) else Turn("assistant", (answer,), thinking)
+  if reply.role != "assistant":
+    raise TemplateError(f"{task}: the answer must be an assistant turn, got {reply.role!r}")
+  spoken = any(isinstance(p, Speech) for p in reply.parts)
+  if speech_answer and not spoken:
+    raise TemplateError(f"{task}: a speech answer must be a Speech, got "
+                        f"{type(answer).__name__}")
+  opener, body, closer = _reply(fmt, task, reply)
+  return _example(fmt, task, prompt + opener, body, closer,
+                  _SPEECH_STOP if spoken else _TEXT_STOP, False)
 
 
-def _render_turn(fmt: Formatter, task: str, turn: Turn) -> list[Segment]:
+def conversation(fmt: Formatter, task: str, turns: Sequence[Turn]) -> Example:
+  """SFT data: a whole conversation ending with an assistant turn; every assistant turn is a
+  training target (its reply and `<|im_end|>`), nothing else is. The prompt is everything before
+  the last reply."""
+  if not turns or turns[-1].role != "assistant":
+    raise TemplateError(f"{task}: a conversation must end with an assistant turn")
+  history = [dataclasses.replace(t, trained=True) if t.role == "assistant" else t
+             for t in turns[:-1]]
+  return chat(fmt, task, history, turns[-1])
+
+
+def _reply_opener(fmt: Formatter, speech_first: bool, thinking: bool) -> list[Segment]:
+  """`<|im_start|>assistant\n` and the think block a reply starts with (none before a stream)."""
+  opener = [fmt.markup("<|im_start|>assistant\n")]
+  if thinking or not speech_first:
+    opener.append(fmt.markup(THINKING if thinking else NO_THINKING))
+  return opener
+
+
+def _reply(fmt: Formatter, task: str, turn: Turn
+           ) -> tuple[list[Segment], list[Segment], list[Segment]]:
+  """An assistant turn as (opener, trained body ending with `<|im_end|>`, closing newline)."""
+  if not turn.parts:
+    raise TemplateError(f"{task}: an assistant turn has no parts")
+  opener = _reply_opener(fmt, isinstance(turn.parts[0], Speech), turn.thinking)
+  body = [_render_part(fmt, task, turn.role, part) for part in turn.parts]
+  return opener, body + [fmt.markup("<|im_end|>")], [fmt.markup("\n")]
+
+
+def _render_turn(fmt: Formatter, task: str, turn: Turn) -> list[Segment | _Target]:
   """A context turn. A past text reply carries the empty think block, as the answers the model
   is trained to give (and the official eval's speech-to-text history) do."""
-  if turn.role not in ("system", "user", "assistant"):
+  if turn.role not in _ROLES:
     raise TemplateError(f"{task}: unknown chat role {turn.role!r}")
-  segments = [fmt.markup(f"<|im_start|>{turn.role}\n")]
-  if turn.role == "assistant" and not any(isinstance(p, Speech) for p in turn.parts):
-    segments.append(fmt.markup(NO_THINKING))
-  for part in turn.parts:
-    if isinstance(part, str):
-      segments.append(fmt.data(part))
-    elif isinstance(part, Speech):
-      segments.append(fmt.stream(part.text, part.audio_tc))
-    elif isinstance(part, np.ndarray):
-      _require(task, audio=part)
-      segments.append(AudioSegment(part))
-    else:
-      raise TemplateError(f"{task}: a {turn.role} turn part must be str, codes or Speech, got "
-                          f"{type(part).__name__}")
-  segments.append(fmt.markup("<|im_end|>\n"))
-  return segments
+  if turn.role == "assistant":
+    opener, body, closer = _reply(fmt, task, turn)
+    return opener + ([_Target(body)] if turn.trained else body) + closer
+  return [fmt.markup(f"<|im_start|>{turn.role}\n"),
+          *(_render_part(fmt, task, turn.role, part) for part in turn.parts),
+          fmt.markup("<|im_end|>\n")]
+
+
+def _render_part(fmt: Formatter, task: str, role: str, part) -> Segment:
+  if isinstance(part, str):
+    _require(task, **{f"{role} text": part})
+    return fmt.data(part)
+  if isinstance(part, Speech):
+    _require(task, speech_text=part.text, speech_audio=part.audio_tc)
+    return fmt.stream(part.text, part.audio_tc)
+  if isinstance(part, np.ndarray):
+    _require(task, audio=part)
+    return AudioSegment(part)
+  raise TemplateError(f"{task}: a {role} turn part must be str, codes or Speech, got "
+                      f"{type(part).__name__}")
 
 
 def _pick(options: Sequence[str], rng: np.random.Generator | None) -> str:
@@ -379,6 +458,24 @@ def tts_sft(fmt: Formatter, text: str, audio_tc: np.ndarray | None = None,
     return dataclasses.replace(chat(fmt, "tts_sft", [user], None, speech_answer=True),
                                stream_text_ids=fmt.data(text).ids_n)
   return chat(fmt, "tts_sft", [user], Speech(text, audio_tc), speech_answer=True)
+
+
+def instruct_tts_sft(fmt: Formatter, text: str, instruct: str,
+                     audio_tc: np.ndarray | None = None, voice_tc: np.ndarray | None = None,
+                     rng: np.random.Generator | None = None) -> Example:
+  """Instruction-following TTS, optionally in the voice of a prompt (official `tts_sft` with
+  `instruct`, and `prompt_speech`): a system turn asking for speech in the instruction's style
+  (with `voice_tc`: also in the prompt's timbre, the voice audio closing the system text), the user
+  turn `{instruction}: {text}({instruct})`, and the assistant's reply after `<think>\n`. The
+  official model writes its reasoning there; data without reasoning closes the block empty
+  (`EMPTY_THOUGHT`, as `NO_THINKING` reads) before the stream speaking `text`."""
+  _require("instruct_tts_sft", text=text, instruct=instruct)
+  system = Turn("system", (STYLE_SYSTEM,) if voice_tc is None else (VOICE_STYLE_SYSTEM, voice_tc))
+  user = Turn("user", (f"{_pick(TTS_ZH if _is_zh(text) else TTS_EN, rng)}: {text}({instruct})",))
+  if audio_tc is None:
+    return chat(fmt, "instruct_tts_sft", [system, user], None, speech_answer=True, thinking=True)
+  answer = Turn("assistant", (EMPTY_THOUGHT, Speech(text, audio_tc)), thinking=True)
+  return chat(fmt, "instruct_tts_sft", [system, user], answer)
 
 
 def audio_understanding_sft(fmt: Formatter, audio_tc: np.ndarray, question: str,
@@ -443,29 +540,29 @@ def in_context_s2s(fmt: Formatter, instruction: str,
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Utterance:
-  """What an utterance corpus gives a template: transcript, codes [T, C], labels."""
+  """What an utterance corpus gives a template: transcript, codes [T, C], labels, and a caption
+  when the manifest has one (only real captions are trained; none is made up)."""
 
   text: str
   audio_tc: np.ndarray
   speaker: str = ""
   language: str = ""
-
-
-def describe(utt: Utterance, frame_rate: float = 25.0) -> str:
-  """A caption from the labels (the captioning-like task of an utterance corpus)."""
-  language = {"en": "English", "zh": "Chinese"}.get(utt.language, utt.language or "an unknown "
-                                                    "language")
-  who = f" by speaker {utt.speaker}" if utt.speaker else ""
-  return f"Speech in {language}{who}, {len(utt.audio_tc) / frame_rate:.1f} seconds long."
+  caption: str = ""
 
 
 def sample_task(phase: str, rng: np.random.Generator,
-                mixtures: Mapping[str, Mapping[str, float]] = PHASE_MIXTURES) -> str:
-  """One task name drawn from the phase's mixture."""
+                mixtures: Mapping[str, Mapping[str, float]] = PHASE_MIXTURES,
+                utt: Utterance | None = None) -> str:
+  """One task name drawn from the phase's mixture; with `utt`, from the tasks it can form (an
+  utterance without a caption draws no `audio_caption`), unless that leaves none."""
   if phase not in mixtures:
     raise TemplateError(f"unknown phase {phase!r}; expected one of {sorted(mixtures)}")
-  names = sorted(mixtures[phase])
-  weights = np.asarray([mixtures[phase][n] for n in names], np.float64)
+  mixture = dict(mixtures[phase])
+  if utt is not None and not utt.caption and sum(
+      w for task, w in mixture.items() if task != "audio_caption") > 0:
+    mixture.pop("audio_caption", None)
+  names = sorted(mixture)
+  weights = np.asarray([mixture[n] for n in names], np.float64)
   return names[int(rng.choice(len(names), p=weights / weights.sum()))]
 
 
@@ -476,7 +573,8 @@ def render(fmt: Formatter, task: str, utt: Utterance, rng: np.random.Generator) 
   if task == "asr":
     return asr(fmt, utt.audio_tc, utt.text)
   if task == "audio_caption":
-    return audio_caption(fmt, utt.audio_tc, describe(utt))
+    _require(task, caption=utt.caption)  # a manifest caption only: none is made up
+    return audio_caption(fmt, utt.audio_tc, utt.caption)
   if task == "tts":
     return tts(fmt, utt.text, utt.audio_tc)
   if task == "text":
@@ -502,4 +600,4 @@ def example_for(fmt: Formatter, utt: Utterance, phase: str, seed: int, index: in
   from `np.random.default_rng([seed, index])`, so a record maps to the same example on any host,
   worker or restart."""
   rng = np.random.default_rng([seed, index])
-  return render(fmt, sample_task(phase, rng, mixtures), utt, rng)
+  return render(fmt, sample_task(phase, rng, mixtures, utt), utt, rng)

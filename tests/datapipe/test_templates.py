@@ -121,7 +121,8 @@ def test_no_prompt_is_a_prefix_of_another_tasks_example(fmt, tokenizer):
     texts = ["the kettle clicked off", "a dog barks twice", "she painted the kitchen green"]
     fmt = T.Formatter.from_config(config.preset("tiny"),
                                   TextTokenizer.train(texts * 4, vocab_size=300))
-  utt = T.Utterance("the kettle clicked off", A, speaker="en_us_m3", language="en")
+  utt = T.Utterance("the kettle clicked off", A, speaker="en_us_m3", language="en",
+                    caption="A man speaks calmly in a quiet room.")
   prompts = {"asr": T.asr(fmt, A), "audio_caption": T.audio_caption(fmt, A),
              "tts": T.tts(fmt, utt.text), "interleaved": T.interleaved(fmt)}
   for task, prompt in prompts.items():
@@ -254,9 +255,23 @@ def test_phase_mixtures(fmt):
       layout.parse_sequence(ex.ids_kl, fmt.layout)  # well formed
       tasks.add(ex.task)
     assert tasks <= set(T.PHASE_MIXTURES[phase]) and len(tasks) > 1
-  caption = _read(T.render(fmt, "audio_caption", utt, np.random.default_rng(0)), fmt)[1][1]
-  assert caption == ("Description: Speech in English by speaker en_us_m3, 1.6 seconds long."
-                     + EOS)
+
+
+def test_captions_come_only_from_the_data(fmt):
+  """Only a manifest caption is trained; an utterance without one never draws audio_caption
+  (unless the mixture has nothing else) and cannot be rendered as one."""
+  utt = T.Utterance("the kettle clicked off", _codes(40, 5), speaker="en_us_m3", language="en")
+  captioned = T.Utterance(utt.text, utt.audio_tc, caption="A man speaks calmly.")
+  caption = _read(T.render(fmt, "audio_caption", captioned, np.random.default_rng(0)), fmt)[1][1]
+  assert caption == "Description: A man speaks calmly." + EOS
+  with pytest.raises(T.TemplateError, match="audio_caption: caption is empty"):
+    T.render(fmt, "audio_caption", utt, np.random.default_rng(0))
+  draws = lambda u: {T.sample_task("understanding", np.random.default_rng(i), utt=u)
+                     for i in range(200)}
+  assert "audio_caption" not in draws(utt) and "audio_caption" in draws(captioned)
+  only_captions = {"understanding": {"audio_caption": 1.0}}
+  assert T.sample_task("understanding", np.random.default_rng(0), only_captions,
+                       utt) == "audio_caption"
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +307,103 @@ def test_sft_prompts_tokenise_as_the_official_segment_strings(mimo_fmt):
   official = [*enc("<|im_start|>user\n"), tok.sosp, *[tok.empty] * 6, tok.eosp, *enc(T.ASR_ZH[0]),
               *enc("<|im_end|>\n"), *enc("<|im_start|>assistant\n"), *enc("<think>\n\n</think>\n")]
   assert list(layout.text_tokens(prompt.ids_kl, fmt.layout)) == official
+
+
+def test_instruct_tts_prompts_tokenise_as_the_official_segment_strings(mimo_fmt):
+  """Instruct TTS, without and with a voice prompt (official `get_tts_sft_prompt` with
+  `instruct` and `prompt_speech`): the prompt ends after `<think>\\n`; trained data closes the
+  think block empty, then speaks the text."""
+  fmt = mimo_fmt
+  tok, enc = fmt.layout.tokens, fmt.tokenizer.encode
+  text, instruct = "The kettle clicked off.", "whispering, slowly"
+  template = T.TTS_EN[int(np.random.default_rng(3).integers(10))]
+  user = [*enc(f"<|im_start|>user\n{template}: {text}({instruct})<|im_end|>\n"),
+          *enc("<|im_start|>assistant\n<think>\n")]
+  voice = [tok.sosp, *[tok.empty] * 3, tok.eosp]  # C: 9 frames, 3 patches
+  for voice_tc, system in ((None, [*enc(T.STYLE_SYSTEM)]), (C, [*enc(T.VOICE_STYLE_SYSTEM),
+                                                                  *voice])):
+    prompt = T.instruct_tts_sft(fmt, text, instruct, voice_tc=voice_tc,
+                                rng=np.random.default_rng(3))
+    official = [*enc("<|im_start|>system\n"), *system, *enc("<|im_end|>\n"), *user]
+    assert list(layout.text_tokens(prompt.ids_kl, fmt.layout)) == official
+    assert prompt.stream_text_ids is None and tok.eostm in prompt.stop_tokens
+    ex = T.instruct_tts_sft(fmt, text, instruct, A, voice_tc, rng=np.random.default_rng(3))
+    np.testing.assert_array_equal(ex.ids_kl[:, :prompt.ids_kl.shape[1]], prompt.ids_kl)
+    masked_p = layout.text_tokens(ex.ids_kl, fmt.layout)[ex.loss_mask_p]
+    assert fmt.tokenizer.decode(masked_p[masked_p != tok.empty]) == (
+        f"\n</think>\n<|sostm|>{text}<|eot|><|eostm|><|im_end|>")
+    assert ex.loss_mask_p[prompt.n_positions:].sum() == ex.loss_mask_p.sum()
+
+
+def _assistant_runs(ex):
+  """[start, stop) of each run of trained positions."""
+  edges_p = np.diff(np.concatenate([[0], ex.loss_mask_p.astype(int), [0]]))
+  return list(zip(np.flatnonzero(edges_p == 1), np.flatnonzero(edges_p == -1)))
+
+
+def test_conversation_trains_every_assistant_turn_and_nothing_else(fmt):
+  turns = [T.Turn("system", ("be brief",)), T.Turn("user", (A, "what is this?")),
+           T.Turn("assistant", ("a kettle",)), T.Turn("user", (B,)),
+           T.Turn("assistant", (T.Speech("it clicked", C),)), T.Turn("user", ("why?",)),
+           T.Turn("assistant", ("it boiled</think>\nwater boiled",), thinking=True)]
+  ex = T.conversation(fmt, "chat", turns)
+  tok = fmt.layout.tokens
+  tokens_p = layout.text_tokens(ex.ids_kl, fmt.layout)
+  replies = []
+  for start, stop in _assistant_runs(ex):
+    run_p = tokens_p[start:stop]
+    replies.append(fmt.tokenizer.decode(run_p[run_p != tok.empty]))
+    # A run starts right after the opener the context gives: the think block or <|sostm|>.
+    before = fmt.tokenizer.decode(tokens_p[:start])
+    assert before.endswith(("</think>\n", "<think>\n", "<|sostm|>")), before[-30:]
+  assert replies == ["a kettle<|im_end|>", "it clicked<|eot|><|eostm|><|im_end|>",
+                     "it boiled</think>\nwater boiled<|im_end|>"]
+  audio_pgc = layout.patch_codes(ex.ids_kl, fmt.layout)[ex.loss_mask_p & (tokens_p == tok.empty)]
+  np.testing.assert_array_equal(audio_pgc.reshape(-1, 8), layout.pad_frames(C, 4))
+  prompt = T.chat(fmt, "chat", turns[:-1], thinking=True)
+  assert ex.prompt_positions == prompt.n_positions
+  np.testing.assert_array_equal(ex.ids_kl[:, :prompt.ids_kl.shape[1]], prompt.ids_kl)
+  with pytest.raises(T.TemplateError, match="chat: a conversation must end with an assistant"):
+    T.conversation(fmt, "chat", turns[:-1])
+
+
+def test_every_chat_task_is_a_conversation(fmt):
+  """Each SFT template is the conversation of its turns: same ids, and the same mask where the
+  template has one reply (a multi-turn conversation also trains its past replies)."""
+  rng = lambda: np.random.default_rng(5)
+  asr_text = T._pick(T.ASR_ZH + T.ASR_EN, rng())
+  tts_text = T._pick(T.TTS_EN, rng())
+  voice = T.Turn("system", (T.VOICE_PROMPT, C))
+  dialogue = [T.Turn("user", (A,)), T.Turn("assistant", (T.Speech("sure", B),)),
+              T.Turn("user", (B,))]
+  cases = {
+      "asr_sft": (T.asr_sft(fmt, A, "hello", rng()),
+                  [T.Turn("user", (A, asr_text)), T.Turn("assistant", ("hello",))]),
+      "tts_sft": (T.tts_sft(fmt, "good day", A, rng()),
+                  [T.Turn("user", (f"{tts_text}: good day",)),
+                   T.Turn("assistant", (T.Speech("good day", A),))]),
+      "instruct_tts_sft": (T.instruct_tts_sft(fmt, "good day", "loudly", A, C, rng()), [
+          T.Turn("system", (T.VOICE_STYLE_SYSTEM, C)),
+          T.Turn("user", (f"{tts_text}: good day(loudly)",)),
+          T.Turn("assistant", (T.EMPTY_THOUGHT, T.Speech("good day", A)), thinking=True)]),
+      "audio_understanding_sft": (T.audio_understanding_sft(fmt, A, "who?", "a man"),
+                                  [T.Turn("user", (A, "who?")), T.Turn("assistant", ("a man",))]),
+      "spoken_dialogue_sft": (T.spoken_dialogue_sft(fmt, dialogue, T.Speech("ok", C), C),
+                              [voice, *dialogue, T.Turn("assistant", (T.Speech("ok", C),))]),
+      "s2t_dialogue_sft": (T.s2t_dialogue_sft(fmt, dialogue[:1], "fine"),
+                           [*dialogue[:1], T.Turn("assistant", ("fine",))]),
+      "text_dialogue_sft": (T.text_dialogue_sft(fmt, [T.Turn("user", ("hi",))], "hello"),
+                            [T.Turn("user", ("hi",)), T.Turn("assistant", ("hello",))]),
+  }
+  assert set(cases) | {"chat"} == set(T.CHAT_TASKS)
+  for task, (template, turns) in cases.items():
+    ex = T.conversation(fmt, task, turns)
+    np.testing.assert_array_equal(ex.ids_kl, template.ids_kl, err_msg=task)
+    assert ex.prompt_positions == template.prompt_positions, task
+    assert ex.stop_tokens == template.stop_tokens, task
+    n_replies = sum(t.role == "assistant" for t in turns)
+    assert len(_assistant_runs(ex)) == n_replies, task
+    if n_replies == 1:
+      np.testing.assert_array_equal(ex.loss_mask_p, template.loss_mask_p, err_msg=task)
+    else:
+      assert (ex.loss_mask_p >= template.loss_mask_p).all(), task
