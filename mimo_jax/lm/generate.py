@@ -231,19 +231,23 @@ def _given_advance(settings: Settings, progress: GivenProgress, token_b: jax.Arr
                                               & wrote_text_b))
 
 
-def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
-          state: State) -> State:
+def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, wrap_cache: bool,
+          settings: Settings, state: State) -> State:
   b = state.hidden_bd.shape[0]
   g, c = cfg.group_size, cfg.audio_channels
-  step = state.step
-  keys_b = _fold(state.keys_b, step)
+  rows_b = jnp.arange(b)
+  # Each row counts its own steps (a row put into a serving slot starts at 0 while the others
+  # go on); rows that started together share the count, as the batch's step.
+  step_b = state.n_new_b
+  keys_b = jax.vmap(jax.random.fold_in)(state.keys_b, step_b)
   logits_bv = backbone.text_logits(params, state.hidden_bd[:, None])[:, 0]
   v = logits_bv.shape[-1]
   imposed_b, choosing_b, allowed_bv = _given_choices(settings, state.given, empty_id, v)
   banned_bv = jnp.where(choosing_b[:, None], ~allowed_bv,
-                        _id_mask(settings.stop_bs, v, step < settings.min_new_b))
+                        _id_mask(settings.stop_bs, v, step_b < settings.min_new_b))
   token_b = sample(_fold(keys_b, 0), logits_bv, settings.text, banned_bv)
-  forced_b = settings.forced_bn[:, step]
+  last = settings.forced_bn.shape[1] - 1
+  forced_b = settings.forced_bn[rows_b, jnp.minimum(step_b, last)]
   token_b = jnp.where(forced_b >= 0, forced_b, jnp.where(imposed_b >= 0, imposed_b, token_b))
   active_b = ~state.done_b
   patch_b = active_b & (token_b == empty_id)
@@ -262,10 +266,11 @@ def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
   codes_bgc, local_logits = jax.lax.cond(jnp.any(patch_b), run_decoder, skip_decoder, None)
   codes_bgc = jnp.where(patch_b[:, None, None], codes_bgc, empty_c)
 
-  write = lambda buf, new, keep: jax.lax.dynamic_update_index_in_dim(
-      buf, jnp.where(keep, new, jax.lax.dynamic_index_in_dim(buf, step, 1, False)), step, 1)
+  def write(buf, new, keep_b):  # row b's entry at its step, where keep_b (else out of range)
+    return buf.at[rows_b, jnp.where(keep_b, step_b, buf.shape[1])].set(new, mode="drop")
+
   text_bn = write(state.text_bn, token_b, active_b)
-  codes_bngc = write(state.codes_bngc, codes_bgc, active_b[:, None, None])
+  codes_bngc = write(state.codes_bngc, codes_bgc, active_b)
   n_new_b = state.n_new_b + active_b
   is_stop_b = jnp.any((settings.stop_bs == token_b[:, None]) & (settings.stop_bs >= 0), axis=1)
   stop_b = active_b & is_stop_b & (n_new_b >= settings.min_new_b)
@@ -273,8 +278,8 @@ def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
 
   text_logits_bnv, recorded_local = state.text_logits_bnv, state.local_logits
   if text_logits_bnv is not None:
-    text_logits_bnv = write(text_logits_bnv, logits_bv, active_b[:, None])
-    recorded_local = tuple(write(buf, new, patch_b[:, None, None])
+    text_logits_bnv = write(text_logits_bnv, logits_bv, active_b)
+    recorded_local = tuple(write(buf, new, patch_b)
                            for buf, new in zip(recorded_local, local_logits))
 
   # Feed text + patch back (the text token sits at the group's first column; the patch encoder
@@ -283,10 +288,16 @@ def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
   ids_bkl = jnp.concatenate([text_bl[:, None], codes_bgc.transpose(0, 2, 1)], axis=1)
   hidden_bd, cache = _feed(params, cfg, empty_id, ids_bkl, state.positions_b[:, None],
                            jnp.ones((b, 1), jnp.int32), state.cache)
-  # No slot left for the next step's token (a cache shorter than the buffers): end the rows that
-  # would go on, rather than let the next write clamp onto the last slot.
-  cache_full_b = ~done_b & (cache.index >= cache.positions_bs.shape[1])
-  return state._replace(cache=cache, hidden_bd=hidden_bd, step=step + 1,
+  slots = cache.positions_bs.shape[1]
+  if wrap_cache:
+    # A ring (serving slots): the next write goes to the oldest slot; whoever fills the row keeps
+    # its prompt and steps within `slots` (`serve.slots`).
+    cache, cache_full_b = cache._replace(index=cache.index % slots), jnp.zeros_like(done_b)
+  else:
+    # No slot left for the next step's token (a cache shorter than the buffers): end the rows
+    # that would go on, rather than let the next write clamp onto the last slot.
+    cache_full_b = ~done_b & (cache.index >= slots)
+  return state._replace(cache=cache, hidden_bd=hidden_bd, step=state.step + 1,
                         positions_b=state.positions_b + 1, done_b=done_b | cache_full_b,
                         n_new_b=n_new_b, stopped_b=state.stopped_b | stop_b,
                         cache_full_b=state.cache_full_b | cache_full_b,
@@ -296,13 +307,18 @@ def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, settings: Settings,
                         local_logits=recorded_local)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "empty_id"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("cfg", "empty_id", "wrap_cache"),
+                   donate_argnames=("state",))
 def decode(params: dict, cfg: MimoAudioConfig, state: State, settings: Settings,
-           until: jax.Array, *, empty_id: int) -> State:
-  """Takes LLM steps until `until` steps in total (at most the buffer's n) or all rows are done."""
-  until = jnp.minimum(until, state.text_bn.shape[1])
+           until: jax.Array, *, empty_id: int, wrap_cache: bool = False) -> State:
+  """Takes LLM steps until `until` steps in total or all rows are done. Without `wrap_cache`
+  `until` is at most the buffer's n; with it the KV cache is a ring (each row must then end
+  before its writes come round to its own prompt: `serve.slots` sees to it)."""
+  if not wrap_cache:
+    until = jnp.minimum(until, state.text_bn.shape[1])
   return jax.lax.while_loop(lambda s: (s.step < until) & ~jnp.all(s.done_b),
-                            functools.partial(_step, params, cfg, empty_id, settings), state)
+                            functools.partial(_step, params, cfg, empty_id, wrap_cache,
+                                              settings), state)
 
 
 # --- host side ----------------------------------------------------------------------------------
