@@ -1,10 +1,27 @@
-"""Where utterances come from: JSONL manifests and LibriSpeech / LibriTTS folders, as `Record`s.
+"""Where training data comes from: JSONL manifests and LibriSpeech / LibriTTS folders, as `Record`s.
 
-A manifest has one JSON object per line:
+A manifest has one JSON object per line, an utterance or an SFT conversation. An utterance:
   {"audio": "clips/a.wav", "text": "hello", "speaker": "s1", "language": "en", "task": "asr",
-   "duration": 1.9}
+   "duration": 1.9, "caption": "A woman greets someone warmly."}
 `audio` is required (relative paths are relative to the manifest's folder), `text` defaults to "",
-the rest are optional. Folders in the LibriSpeech layout
+the rest are optional. `caption` is the only source of audio-captioning examples: an utterance
+without one is never captioned.
+
+An SFT conversation (the one SFT format; every chat task of `mimo_jax.data.templates` is one):
+  {"task": "spoken_dialogue_sft", "messages": [
+     {"role": "system", "content": [{"text": "Your voice should be:"}, {"audio": "voice.wav"}]},
+     {"role": "user", "content": [{"audio": "question.wav"}]},
+     {"role": "assistant", "content": [{"text": "It is sunny.", "audio": "answer.wav"}]}]}
+`messages`: turns of role `system`, `user` or `assistant`, the last one the assistant's. A turn's
+`content` is a string (one text part) or a list of parts: `{"text": ...}`, `{"audio": PATH}`
+(an audio span), or, in an assistant turn, `{"text": ..., "audio": PATH}`: a spoken reply, its
+transcript and audio (a stream). An assistant turn may set `"thinking": true`: it opens with
+`<think>\n` and its text holds the reasoning, `</think>` and the reply. Audio is tokenised at
+pre-tokenisation like an utterance's. Training renders it with `templates.conversation`: every
+assistant turn (its reply and `<|im_end|>`) is a target, nothing else. `task` (default `chat`)
+names it, one of `templates.CHAT_TASKS`.
+
+Folders in the LibriSpeech layout
 (`<spk>/<chapter>/<spk>-<chapter>.trans.txt` beside `<utt>.flac`) and the LibriTTS layout
 (`<utt>.wav` beside `<utt>.normalized.txt`) are read into the same records. Paths may be local
 or `gs://...`: every file is reached through `etils.epath`, so one code path serves both (only
@@ -23,6 +40,8 @@ import unicodedata
 
 from etils import epath
 
+from mimo_jax.data import templates
+
 # Skip reasons owned by the sources; the audio and text checks add theirs (see pretokenize).
 MALFORMED_LINE = "malformed_manifest_line"
 
@@ -31,8 +50,26 @@ EXAMPLES_PER_REASON = 20
 
 
 @dataclasses.dataclass(frozen=True)
+class Part:
+  """A part of a conversation turn: text, audio (a file path), or both (a spoken reply)."""
+
+  text: str = ""
+  audio: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+  """A conversation turn: role, parts, and for an assistant turn whether it opens `<think>\n`."""
+
+  role: str
+  parts: tuple[Part, ...]
+  thinking: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Record:
-  """One utterance: its audio file, transcript and labels. `key` is unique within its source."""
+  """One utterance (its audio file, transcript and labels) or one SFT conversation (`messages`,
+  no `audio`). `key` is unique within its source."""
 
   key: str
   audio: str
@@ -41,6 +78,15 @@ class Record:
   language: str = ""
   task: str = ""
   duration: float | None = None
+  caption: str = ""
+  messages: tuple[Message, ...] = ()
+
+  @property
+  def audio_paths(self) -> list[str]:
+    """Every audio file the record needs, in order."""
+    if not self.messages:
+      return [self.audio]
+    return [part.audio for m in self.messages for part in m.parts if part.audio]
 
 
 class Skips:
@@ -85,7 +131,7 @@ def _resolve(base: epath.Path, path: str) -> str:
   return str(base / path)
 
 
-_OPTIONAL_STR = ("speaker", "language", "task")
+_OPTIONAL_STR = ("speaker", "language", "task", "caption")
 
 
 def parse_manifest_line(line: str, where: str, base: epath.Path) -> Record:
@@ -96,6 +142,8 @@ def parse_manifest_line(line: str, where: str, base: epath.Path) -> Record:
     raise ValueError(f"{where}: not JSON ({e})") from None
   if not isinstance(raw, dict):
     raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+  if "messages" in raw:
+    return _parse_conversation(raw, where, base)
   audio = raw.get("audio")
   if not isinstance(audio, str) or not audio:
     raise ValueError(f"{where}: 'audio' must be a non-empty string path, got {audio!r}")
@@ -112,8 +160,63 @@ def parse_manifest_line(line: str, where: str, base: epath.Path) -> Record:
   if duration is not None and (isinstance(duration, bool) or
                                not isinstance(duration, (int, float)) or duration < 0):
     raise ValueError(f"{where}: 'duration' must be a non-negative number, got {duration!r}")
+  fields["caption"] = normalize_text(fields["caption"])
   return Record(key=where, audio=_resolve(base, audio), text=normalize_text(text),
                 duration=None if duration is None else float(duration), **fields)
+
+
+def _parse_conversation(raw: dict, where: str, base: epath.Path) -> Record:
+  """An SFT conversation line (see the module docstring) -> Record with `messages`."""
+  task = raw.get("task", "chat")
+  if task not in templates.CHAT_TASKS:
+    raise ValueError(f"{where}: 'task' must be one of {templates.CHAT_TASKS}, got {task!r}")
+  unknown = sorted(set(raw) - {"task", "messages"})
+  if unknown:
+    raise ValueError(f"{where}: unknown fields {unknown} in a conversation")
+  messages = raw["messages"]
+  if not isinstance(messages, list) or not messages:
+    raise ValueError(f"{where}: 'messages' must be a non-empty list of turns")
+  turns = tuple(_parse_message(m, f"{where}: message {i}", base) for i, m in enumerate(messages))
+  if turns[-1].role != "assistant":
+    raise ValueError(f"{where}: the last message must be the assistant's, got "
+                     f"{turns[-1].role!r}")
+  return Record(key=where, audio="", task=task, messages=turns)
+
+
+def _parse_message(raw, where: str, base: epath.Path) -> Message:
+  if not isinstance(raw, dict):
+    raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
+  unknown = sorted(set(raw) - {"role", "content", "thinking"})
+  if unknown:
+    raise ValueError(f"{where}: unknown fields {unknown}")
+  role, content, thinking = raw.get("role"), raw.get("content"), raw.get("thinking", False)
+  if role not in ("system", "user", "assistant"):
+    raise ValueError(f"{where}: 'role' must be system, user or assistant, got {role!r}")
+  if not isinstance(thinking, bool) or (thinking and role != "assistant"):
+    raise ValueError(f"{where}: 'thinking' must be true or false, and only an assistant turn "
+                     f"thinks; got {thinking!r} in a {role} turn")
+  if isinstance(content, str):
+    content = [{"text": content}]
+  if not isinstance(content, list) or not content:
+    raise ValueError(f"{where}: 'content' must be a string or a non-empty list of parts")
+  parts = tuple(_parse_part(p, f"{where} part {j}", base, role) for j, p in enumerate(content))
+  return Message(role, parts, thinking)
+
+
+def _parse_part(raw, where: str, base: epath.Path, role: str) -> Part:
+  if not isinstance(raw, dict) or not raw or set(raw) - {"text", "audio"}:
+    raise ValueError(f"{where}: a part must be {{'text': ...}}, {{'audio': PATH}} or both, got "
+                     f"{raw!r}")
+  text, audio = raw.get("text"), raw.get("audio")
+  for name, value in (("text", text), ("audio", audio)):
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+      raise ValueError(f"{where}: {name!r} must be a non-empty string, got {value!r}")
+  if text is not None and audio is not None and role != "assistant":
+    raise ValueError(f"{where}: a spoken reply (text and audio) belongs to an assistant turn, "
+                     f"not a {role} turn")
+  # NFC only: chat text keeps its layout (newlines, the `\n\n` after a system prompt).
+  return Part(text=unicodedata.normalize("NFC", text) if text is not None else "",
+              audio=_resolve(base, audio) if audio is not None else "")
 
 
 def read_manifest(path: str, skips: Skips) -> list[Record]:

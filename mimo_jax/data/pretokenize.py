@@ -16,9 +16,13 @@ corpus), and training checks the codebook sizes against its model.
 
 Each shard record is a msgpack map (`flax.serialization`): `codes` uint16 [T, n_q] (25 Hz),
 `text_ids` int32 [n] (the transcript tokenised as data: `<|...|>` strings spelled out as
-text), and the metadata `key`, `audio`, `text`, `speaker`, `language`, `task`,
-`seconds`. Bad inputs are skipped and counted by reason (`manifest.Skips`); the report
-(`report.json`, or `report-process-<i>.json` per host of a pod) lists them with the counts.
+text), and the metadata `key`, `audio`, `text`, `speaker`, `language`, `task`, `caption`,
+`seconds`. An SFT conversation's record has `messages` instead: per turn `role`, `thinking` and
+`parts` (`text`, and `codes` uint16 [T, n_q] for an audio part), with empty `codes` and
+`text_ids`. Bad inputs are skipped and counted by reason (`manifest.Skips`); the report
+(`report.json`, or `report-process-<i>.json` per host of a pod) lists them with the counts, and
+each shard's statistics count its records with a caption (`captions`, what training reads to
+decide whether the captioning task has any data; `caption_count`).
 """
 
 from __future__ import annotations
@@ -163,26 +167,40 @@ def _check_plan(output: epath.Path, plan: dict) -> None:
                      f"tokenizer and flags")
 
 
+@dataclasses.dataclass
+class Shard:
+  """One shard's serialized examples (in record order), its skips, its audio seconds and how many
+  of its examples have a caption."""
+
+  examples: list[bytes]
+  skips: manifest.Skips
+  audio_seconds: float
+  captions: int
+
+
 def tokenize_shard(records: list[manifest.Record], params, cfg: CodecConfig,
                    encode_text: Callable[[str], np.ndarray], settings: Settings,
                    batch_size: int, progress: Progress | None = None, load_threads: int = 4
-                   ) -> tuple[list[bytes], manifest.Skips, float]:
-  """The serialized examples of one shard's records (in record order), the skips, audio seconds.
+                   ) -> Shard:
+  """The examples of one shard's records.
 
-  Each record's text is checked (cheap), then its clip read and checked, `load_threads` records
-  at a time (decoding and resampling release the GIL); then the valid clips are encoded
-  `batch_size` at a time. Results are taken in record order, so threads change nothing written.
+  Each record's text is checked (cheap), then its clips read and checked, `load_threads` records
+  at a time (decoding and resampling release the GIL); then the clips of `batch_size` valid
+  records at a time are encoded together. Results are taken in record order, so threads change
+  nothing written.
   """
 
   def check(record: manifest.Record):
-    text_ids = np.asarray(encode_text(record.text), np.int32)
-    if len(text_ids) > settings.max_text_tokens:
-      return TEXT_TOO_LONG, (f"{record.key}: {len(text_ids)} text tokens > "
-                             f"{settings.max_text_tokens}")
+    texts = [p.text for m in record.messages for p in m.parts] or [record.text]
+    text_ids = [np.asarray(encode_text(t), np.int32) for t in texts]
+    n_tokens = sum(len(ids) for ids in text_ids)
+    if n_tokens > settings.max_text_tokens:
+      return TEXT_TOO_LONG, f"{record.key}: {n_tokens} text tokens > {settings.max_text_tokens}"
     try:
-      return text_ids, load_clip(record.audio, cfg, settings.limits)
+      wavs = [load_clip(path, cfg, settings.limits) for path in record.audio_paths]
     except AudioError as e:
       return e.reason, f"{record.key}: {e}"
+    return (np.zeros(0, np.int32) if record.messages else text_ids[0]), wavs
 
   skips = manifest.Skips()
   valid = []
@@ -192,45 +210,65 @@ def tokenize_shard(records: list[manifest.Record], params, cfg: CodecConfig,
         skips.add(first, record.key, second)
       else:
         valid.append((record, first, second))
-  examples, total_seconds = [], 0.0
+  examples, total_seconds, captions = [], 0.0, 0
   for first in range(0, len(valid), batch_size):
     batch = valid[first:first + batch_size]
-    codes = _encode(params, cfg, batch, settings.n_q, skips)
+    clips = [(record, wav) for record, _, wavs in batch for wav in wavs]
+    codes = iter(_encode(params, cfg, clips, settings.n_q))
     seconds = 0.0
-    for (record, text_ids, wav), codes_tq in zip(batch, codes):
-      if codes_tq is None:
+    for record, text_ids, wavs in batch:
+      record_codes = [next(codes) for _ in wavs]
+      failed = [error for error in record_codes if isinstance(error, str)]
+      if failed:
+        skips.add(ENCODE_FAILED, record.key, f"{record.key}: codec encode failed: {failed[0]}")
         continue
-      seconds += len(wav) / cfg.sampling_rate
-      examples.append(serialize({
-          "key": record.key, "audio": record.audio, "text": record.text,
-          "speaker": record.speaker, "language": record.language, "task": record.task,
-          "seconds": len(wav) / cfg.sampling_rate,
-          "codes": np.asarray(codes_tq, np.uint16), "text_ids": text_ids}))
+      record_seconds = sum(len(wav) for wav in wavs) / cfg.sampling_rate
+      seconds += record_seconds
+      captions += bool(record.caption)
+      examples.append(serialize(_shard_record(record, text_ids, record_codes, record_seconds,
+                                              settings.n_q)))
     total_seconds += seconds
     if progress is not None:
       progress.update(len(batch), seconds)
   if progress is not None and len(records) > len(valid):
     progress.update(len(records) - len(valid), 0.0)
-  return examples, skips, total_seconds
+  return Shard(examples, skips, total_seconds, captions)
 
 
-def _encode(params, cfg: CodecConfig, batch: list, n_q: int, skips: manifest.Skips) -> list:
-  """Codes of each clip of the batch. Should the batched call fail (checked clips should not make
-  it, but a long job must not die on one record), each clip is retried alone and a clip that
-  still fails is skipped as `ENCODE_FAILED` (None in its place)."""
-  wavs = [wav for _, _, wav in batch]
+def _shard_record(record: manifest.Record, text_ids: np.ndarray, codes: list[np.ndarray],
+                  seconds: float, n_q: int) -> dict:
+  """A shard record: an utterance's codes and text ids, or a conversation's `messages` (each
+  audio part's codes in place of its path; `codes` and `text_ids` empty)."""
+  example = {"key": record.key, "audio": record.audio, "text": record.text,
+             "speaker": record.speaker, "language": record.language, "task": record.task,
+             "caption": record.caption, "seconds": seconds, "text_ids": text_ids}
+  if not record.messages:
+    return {**example, "codes": np.asarray(codes[0], np.uint16)}
+  codes = iter(codes)
+  messages = [{"role": m.role, "thinking": m.thinking,
+               "parts": [{"text": p.text, **({"codes": np.asarray(next(codes), np.uint16)}
+                                             if p.audio else {})} for p in m.parts]}
+              for m in record.messages]
+  return {**example, "codes": np.zeros((0, n_q), np.uint16), "messages": messages}
+
+
+def _encode(params, cfg: CodecConfig, clips: list, n_q: int) -> list:
+  """Codes of each (record, clip) pair. Should the batched call fail (checked clips should not
+  make it, but a long job must not die on one record), each clip is retried alone, and a clip
+  that still fails has the error's text in its place."""
+  wavs = [wav for _, wav in clips]
+  if not wavs:
+    return []
   try:
     return api.encode_batch(params, cfg, wavs, cfg.sampling_rate, n_q=n_q)
   except Exception:  # pylint: disable=broad-except  (XLA and numpy raise many types)
     pass
   codes = []
-  for (record, _, _), wav in zip(batch, wavs):
+  for wav in wavs:
     try:
       codes.append(api.encode(params, cfg, wav, cfg.sampling_rate, n_q=n_q))
     except Exception as e:  # pylint: disable=broad-except
-      skips.add(ENCODE_FAILED, record.key, f"{record.key}: codec encode failed: "
-                f"{type(e).__name__}: {e}")
-      codes.append(None)
+      codes.append(f"{type(e).__name__}: {e}")
   return codes
 
 
@@ -289,12 +327,13 @@ def run(records: list[manifest.Record], source_skips: manifest.Skips, output: st
   progress = Progress(sum(len(cut(k)) for k in todo), progress_interval, out)
   for k in todo:
     name = shard_name(k, n_shards)
-    examples, skips, seconds = tokenize_shard(cut(k), params, cfg, encode_text, settings,
-                                              batch_size, progress, load_threads)
+    shard = tokenize_shard(cut(k), params, cfg, encode_text, settings, batch_size, progress,
+                           load_threads)
     _write_json_atomic(out_dir / (name[:-len(SHARD_SUFFIX)] + ".json"),
-                       {"shard": name, "records": len(cut(k)), "written": len(examples),
-                        "audio_seconds": seconds, "skips": skips.to_json()})
-    write_shard(out_dir / name, examples)
+                       {"shard": name, "records": len(cut(k)), "written": len(shard.examples),
+                        "captions": shard.captions, "audio_seconds": shard.audio_seconds,
+                        "skips": shard.skips.to_json()})
+    write_shard(out_dir / name, shard.examples)
   report = summarize(output, mine, n_shards, source_skips if process_index == 0 else None)
   report.update(process_index=process_index, process_count=process_count,
                 seconds_this_run=round(time.monotonic() - progress.start, 3))
@@ -311,18 +350,31 @@ def summarize(output: str, shards: list[int], n_shards: int,
   skips = manifest.Skips()
   if source_skips is not None:
     skips.merge(source_skips)
-  records = written = 0
+  records = written = captions = 0
   seconds = 0.0
   for k in shards:
-    stats = json.loads((out_dir / (shard_name(k, n_shards)[:-len(SHARD_SUFFIX)] + ".json"))
-                       .read_text())
+    stats = _shard_stats(str(out_dir / shard_name(k, n_shards)))
     records += stats["records"]
     written += stats["written"]
+    captions += stats.get("captions", 0)
     seconds += stats["audio_seconds"]
     skips.merge(stats["skips"])
   return {"shards": len(shards), "records": records + (source_skips.total if source_skips else 0),
-          "written": written, "skipped": skips.total, "audio_hours": seconds / 3600,
-          "skips": skips.to_json()}
+          "written": written, "captions": captions, "skipped": skips.total,
+          "audio_hours": seconds / 3600, "skips": skips.to_json()}
+
+
+def _shard_stats(shard_path: str) -> dict:
+  """The statistics saved beside a finished shard."""
+  return json.loads(epath.Path(shard_path[:-len(SHARD_SUFFIX)] + ".json").read_text())
+
+
+def caption_count(shard_paths: list[str]) -> tuple[int, int]:
+  """(records with a caption, records) over the shards that have statistics beside them (shards
+  written before captions were kept count none; shards without statistics are not counted)."""
+  stats = [_shard_stats(p) for p in shard_paths
+           if epath.Path(p[:-len(SHARD_SUFFIX)] + ".json").exists()]
+  return sum(s.get("captions", 0) for s in stats), sum(s["written"] for s in stats)
 
 
 def format_report(report: dict) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -57,6 +58,64 @@ def test_manifest_lines_parse_and_malformed_lines_are_counted(tmp_path):
     assert expected in messages
   with pytest.raises(FileNotFoundError, match="missing.jsonl"):
     manifest.read_manifest(str(tmp_path / "missing.jsonl"), skips)
+
+
+def test_captions_and_sft_conversations_parse(tmp_path):
+  """An utterance's caption; a conversation's turns, parts (text, audio, spoken reply), thinking
+  and audio paths (relative to the manifest), its task defaulting to `chat`."""
+  chat = {"task": "spoken_dialogue_sft", "messages": [
+      {"role": "system", "content": [{"text": "Your voice should be:"}, {"audio": "v.wav"}]},
+      {"role": "user", "content": [{"audio": "/abs/q.wav"}, {"text": "and?\n\n"}]},
+      {"role": "assistant", "content": [{"text": "Sure.", "audio": "a.wav"}]},
+      {"role": "user", "content": "why"},
+      {"role": "assistant", "content": "because</think>\nso", "thinking": True}]}
+  path = tmp_path / "sft.jsonl"
+  manifest.write_manifest([{"audio": "x.wav", "caption": " A dog  barks. "}, chat,
+                           {"messages": [{"role": "user", "content": "hi"},
+                                         {"role": "assistant", "content": "hello"}]}], str(path))
+  skips = manifest.Skips()
+  utterance, dialogue, plain = manifest.read_manifest(str(path), skips)
+  assert skips.total == 0 and utterance.caption == "A dog barks." and not utterance.messages
+  assert utterance.audio_paths == [str(tmp_path / "x.wav")]
+  M, P = manifest.Message, manifest.Part
+  assert dialogue.task == "spoken_dialogue_sft" and dialogue.audio == ""
+  assert dialogue.messages == (
+      M("system", (P(text="Your voice should be:"), P(audio=str(tmp_path / "v.wav")))),
+      M("user", (P(audio="/abs/q.wav"), P(text="and?\n\n"))),
+      M("assistant", (P(text="Sure.", audio=str(tmp_path / "a.wav")),)),
+      M("user", (P(text="why"),)), M("assistant", (P(text="because</think>\nso"),), True))
+  assert dialogue.audio_paths == [str(tmp_path / n) for n in ("v.wav",)] + ["/abs/q.wav",
+                                                                          str(tmp_path / "a.wav")]
+  assert plain.task == "chat" and plain.audio_paths == []
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"task": "karaoke", "messages": []}, "'task' must be one of"),
+    ({"messages": []}, "'messages' must be a non-empty list"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "the last message must be the assistant"),
+    ({"messages": [{"role": "bot", "content": "hi"}]}, "message 0: 'role' must be system"),
+    ({"messages": [{"role": "assistant", "content": []}]}, "'content' must be a string or"),
+    ({"messages": [{"role": "assistant", "content": [{"audio": ""}]}]},
+     "message 0 part 0: 'audio' must be a non-empty string"),
+    ({"messages": [{"role": "assistant", "content": [{"video": "x.mp4"}]}]},
+     "message 0 part 0: a part must be"),
+    ({"messages": [{"role": "user", "content": [{"text": "hi", "audio": "a.wav"}]},
+                   {"role": "assistant", "content": "x"}]},
+     "message 0 part 0: a spoken reply .* belongs to an assistant turn"),
+    ({"messages": [{"role": "user", "content": "x", "thinking": True},
+                   {"role": "assistant", "content": "x"}]}, "only an assistant turn thinks"),
+    ({"messages": [{"role": "assistant", "content": "x"}], "extra": 1}, "unknown fields"),
+])
+def test_malformed_conversations_are_skipped_naming_file_line_and_reason(tmp_path, line, message):
+  path = tmp_path / "sft.jsonl"
+  manifest.write_manifest([{"messages": [{"role": "assistant", "content": "ok"}]}, line],
+                          str(path))
+  skips = manifest.Skips()
+  assert len(manifest.read_manifest(str(path), skips)) == 1
+  assert skips.counts == {manifest.MALFORMED_LINE: 1}
+  got = skips.examples[manifest.MALFORMED_LINE][0]
+  assert got["item"] == "sft.jsonl:2"
+  assert re.search(f"^sft.jsonl:2: .*{message}", got["message"]), got["message"]
 
 
 def test_manifest_round_trip_and_skips_merge(tmp_path):

@@ -260,9 +260,44 @@ def test_a_failing_encode_skips_only_its_clip(setup, monkeypatch):
 
   monkeypatch.setattr(api, "encode_batch", encode_batch)
   monkeypatch.setattr(api, "encode", encode)
-  examples, skips, _ = pretokenize.tokenize_shard(records, None, setup["cfg"],
-                                                  _encode_text(setup), SETTINGS, batch_size=4)
-  assert [pretokenize.deserialize(e)["key"] for e in examples] == [records[0].key,
-                                                                   records[2].key]
+  shard = pretokenize.tokenize_shard(records, None, setup["cfg"], _encode_text(setup), SETTINGS,
+                                     batch_size=4)
+  assert [pretokenize.deserialize(e)["key"] for e in shard.examples] == [records[0].key,
+                                                                         records[2].key]
+  skips = shard.skips
   assert skips.counts == {pretokenize.ENCODE_FAILED: 1}
   assert "this clip failed" in skips.examples[pretokenize.ENCODE_FAILED][0]["message"]
+
+
+def test_conversations_and_captions_are_pretokenised(setup, tmp_path):
+  """A conversation's audio parts become their clips' codes in place; a caption is kept and
+  counted (what training reads to drop captioning when the data has none); a conversation with a
+  missing clip is skipped under that reason, naming its line."""
+  good = [r for r in setup["records"] if r.key in setup["valid_keys"]][:2]
+  sft = tmp_path / "sft.jsonl"
+  manifest.write_manifest([
+      {"audio": good[0].audio, "text": good[0].text, "caption": "A voice reads a sentence."},
+      {"audio": good[1].audio, "text": good[1].text},
+      {"task": "spoken_dialogue_sft", "messages": [
+          {"role": "user", "content": [{"audio": good[0].audio}]},
+          {"role": "assistant", "content": [{"text": good[1].text, "audio": good[1].audio}]}]},
+      {"messages": [{"role": "user", "content": [{"audio": "gone.wav"}]},
+                    {"role": "assistant", "content": "x"}]}], str(sft))
+  skips = manifest.Skips()
+  records = manifest.read_manifest(str(sft), skips)
+  report = pretokenize.run(records, skips, str(tmp_path / "out"), setup["params"], setup["cfg"],
+                           setup["tokenizer"], SETTINGS, batch_size=4, out=io.StringIO())
+  assert report["written"] == 3 and report["captions"] == 1
+  assert report["skips"]["counts"] == {"missing_file": 1}
+  assert report["skips"]["examples"]["missing_file"][0]["item"] == "sft.jsonl:4"
+  paths = pretokenize.shard_paths(str(tmp_path / "out"))
+  assert pretokenize.caption_count(paths) == (1, 3)
+  first, second, chat = _read_shards(tmp_path / "out")
+  assert (first["caption"], second["caption"]) == ("A voice reads a sentence.", "")
+  assert chat["task"] == "spoken_dialogue_sft" and chat["codes"].shape == (0, 8)
+  user, reply = chat["messages"]
+  assert (user["role"], reply["role"], reply["thinking"]) == ("user", "assistant", False)
+  np.testing.assert_array_equal(user["parts"][0]["codes"], first["codes"])
+  assert reply["parts"][0]["text"] == good[1].text
+  np.testing.assert_array_equal(reply["parts"][0]["codes"], second["codes"])
+  assert chat["seconds"] == pytest.approx(first["seconds"] + second["seconds"])
