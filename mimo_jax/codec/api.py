@@ -10,8 +10,10 @@ depend on what else is in the batch and a new file length rarely triggers a comp
 
 Audio checks and repairs (`prepare_audio`): integer PCM is scaled to [-1, 1]; multi-channel audio
 [samples, channels] is mixed down by the channel mean (as the official code does); other sample
-rates are resampled with librosa (soxr); silence is valid input. Empty, non-finite, too short or
-mis-shaped audio raises `AudioError` naming the problem, before anything reaches JAX.
+rates are resampled as the official tokenizer resamples (`codec.resample`: torchaudio's sinc
+filter), so a file at any rate gives the official codes; silence is valid input. Empty,
+non-finite, too short or mis-shaped audio, or a rate the resampler refuses, raises `AudioError`
+naming the problem, before anything reaches JAX.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import librosa
 import numpy as np
 import soundfile
 
@@ -30,6 +31,7 @@ from mimo_jax.codec import mel, rvq
 from mimo_jax.codec.config import CodecConfig
 from mimo_jax.codec.decoder import decode_wav
 from mimo_jax.codec.encoder import encode_features
+from mimo_jax.codec.resample import resample
 
 SEGMENT_SECONDS = 60  # official encode segments (6000 mel frames) and decode chunks (1500 codes)
 DEFAULT_N_Q = 8  # the stages the LM uses
@@ -80,7 +82,10 @@ def prepare_audio(wav, sr: int, cfg: CodecConfig, name: str = "audio") -> np.nda
     raise AudioError(f"{name}: {bad} non-finite sample(s) (NaN or inf)", "non_finite")
   wav = wav.astype(np.float32)
   if sr != cfg.sampling_rate:
-    wav = librosa.resample(wav, orig_sr=int(sr), target_sr=cfg.sampling_rate).astype(np.float32)
+    try:
+      wav = resample(wav, int(sr), cfg.sampling_rate)
+    except ValueError as e:
+      raise AudioError(f"{name}: {e}", "unsupported_rate") from None
   if len(wav) < mel.min_samples(cfg):
     raise AudioError(f"{name}: {len(wav)} samples at {cfg.sampling_rate} Hz; at least "
                      f"{mel.min_samples(cfg)} are needed", "too_short")

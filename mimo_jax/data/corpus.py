@@ -21,10 +21,11 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-import librosa
 import numpy as np
 import soundfile
 from absl import app, flags
+
+from mimo_jax.codec.resample import resample
 
 SENTENCES = os.path.join(os.path.dirname(__file__), "sentences.txt")
 SAMPLE_RATE = 24000
@@ -98,7 +99,7 @@ def synthesize(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE) -> np.nd
     wav_n, sr = soundfile.read(path, dtype="float32")
   if len(wav_n) == 0:
     raise CorpusError(f"espeak-ng produced no audio for voice {voice.espeak_voice} on {text!r}")
-  return librosa.resample(wav_n, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
+  return resample(wav_n, sr, sample_rate)
 
 
 def build_corpus(output: str, num_utterances: int, seed: int = 0,
