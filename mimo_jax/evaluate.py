@@ -203,10 +203,10 @@ def run(args) -> int:
   ckpts = args.ckpt or []
   if not ckpts and any(t in tasks.NEEDS_MODEL for t in task_names):
     raise app.UsageError("--ckpt: required by the tasks that generate")
-  from mimo_jax.eval.codec import load_codec  # noqa: PLC0415
+  from mimo_jax.train import run_dir  # noqa: PLC0415 (Orbax and the training stack)
   for name, ckpt in zip(checkpoint_names(ckpts or ["codec"]), ckpts or [None]):
     if ckpt is None:
-      backend, codec = None, load_codec(args.codec_ckpt)
+      backend, codec = None, run_dir.load_codec(args.codec_ckpt)
     else:
       from mimo_jax.inference import MimoAudio  # noqa: PLC0415 (loads the model stack)
       mimo = MimoAudio.load(ckpt, args.codec_ckpt, args.tokenizer, dtype=args.dtype)
@@ -281,6 +281,11 @@ def main(argv):
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """`python -m mimo_jax.evaluate` and the `mimo-evaluate` console script."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

@@ -46,10 +46,12 @@ BATCH_AXES = {"input_ids": ("batch", None, None), "segment_ids": ("batch", None)
 
 class PhaseExamples:
   """The training phase's task mixture over shard records (`templates.example_for`): the task and
-  its random choices come from (seed, index). A record whose `task` field names a template (from
-  the manifest) always gets that task. A record the task cannot use (e.g. an empty transcript
-  for ASR) becomes the skip marker `template_failed:<task>`; the first failure of each task is
-  logged with its message (per process), the rest are counted."""
+  its random choices come from (seed, index); a record without a caption draws no captioning.
+  A record whose `task` field names a template (from the manifest) always gets that task; an SFT
+  conversation (a record with `messages`) is rendered whole by `templates.conversation`. A record
+  the task cannot use (e.g. an empty transcript for ASR) becomes the skip marker
+  `template_failed:<task>`; the first failure of each task is logged with its message (per
+  process), the rest are counted."""
 
   def __init__(self, fmt: templates.Formatter, phase: str, seed: int,
                mixtures=templates.PHASE_MIXTURES):
@@ -59,12 +61,17 @@ class PhaseExamples:
     self._logged: set[str] = set()
 
   def __call__(self, record: dict, index: int) -> dict:
-    utt = templates.Utterance(record["text"], record["codes"].astype(np.int32),
-                              record.get("speaker", ""), record.get("language", ""))
     rng = np.random.default_rng([self.seed, index])  # as templates.example_for draws
-    task = record.get("task") or templates.sample_task(self.phase, rng, self.mixtures)
     try:
-      example = templates.render(self.fmt, task, utt, rng)
+      if "messages" in record:
+        task = record.get("task") or "chat"
+        example = templates.conversation(self.fmt, task, conversation_turns(record["messages"]))
+      else:
+        utt = templates.Utterance(record["text"], record["codes"].astype(np.int32),
+                                  record.get("speaker", ""), record.get("language", ""),
+                                  record.get("caption", ""))
+        task = record.get("task") or templates.sample_task(self.phase, rng, self.mixtures, utt)
+        example = templates.render(self.fmt, task, utt, rng)
     except (templates.TemplateError, LayoutError) as e:
       reason = f"template_failed:{task}"
       if reason not in self._logged:
@@ -73,6 +80,22 @@ class PhaseExamples:
                         record.get("key"), reason, e, reason)
       return {"skip": reason}
     return {"input_ids": example.ids_kl, "loss_mask": example.loss_mask_p}
+
+
+def conversation_turns(messages: list[dict]) -> list[templates.Turn]:
+  """A shard record's `messages` (`pretokenize`) as template turns: a part with codes is input
+  audio, or with text too a spoken reply; a part without codes is text."""
+  turns = []
+  for message in messages:
+    parts = []
+    for part in message["parts"]:
+      if "codes" not in part:
+        parts.append(part["text"])
+        continue
+      codes_tc = part["codes"].astype(np.int32)
+      parts.append(templates.Speech(part["text"], codes_tc) if part["text"] else codes_tc)
+    turns.append(templates.Turn(message["role"], tuple(parts), bool(message["thinking"])))
+  return turns
 
 
 class _Examples(grain.transforms.MapWithIndex):

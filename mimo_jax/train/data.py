@@ -106,8 +106,9 @@ def make_source(cfg: ml_collections.ConfigDict, model_cfg: MimoAudioConfig,
   fmt = templates.Formatter.from_config(model_cfg, text_tokenizer)
   limits = packing.SkipLimits(max_fraction=d.max_skip_fraction,
                               max_empty_windows=d.max_empty_windows)
+  mixtures = {t.phase: without_uncaptioned(train_config.task_mixture(t.phase, d.task_weights),
+                                           paths)}
   try:
-    mixtures = {t.phase: train_config.task_mixture(t.phase, d.task_weights)}
     iterator = pipeline.make_train_iterator(
         paths, fmt, t.phase, t.positions, t.batch_size, d.seed, mesh,
         worker_count=d.worker_count, skip_limits=limits,
@@ -115,6 +116,24 @@ def make_source(cfg: ml_collections.ConfigDict, model_cfg: MimoAudioConfig,
   except ValueError as e:  # shards that cannot feed this job (e.g. no records)
     raise ConfigError(f"config.data.path: {e}") from None
   return Source(iterator, fmt.layout.tokens.empty)
+
+
+def without_uncaptioned(mixture: dict[str, float], paths: list[str]) -> dict[str, float]:
+  """The mixture without `audio_caption` when no record of the shards has a caption (captions
+  come only from the manifest; none is made up), logged once with the count."""
+  if mixture.get("audio_caption", 0) <= 0:
+    return mixture
+  captions, records = pretokenize.caption_count(paths)
+  if captions or not records:  # no statistics: records without a caption still draw none
+    return mixture
+  logging.warning("audio_caption dropped from the task mixture: none of the %d records of the "
+                  "shards has a caption (add 'caption' to the manifest to train captioning)",
+                  records)
+  mixture = {task: w for task, w in mixture.items() if task != "audio_caption"}
+  if sum(mixture.values()) <= 0:
+    raise ConfigError(f"config.data.task_weights: without audio_caption (no record of the shards "
+                      f"has a caption) the mixture has no task with a positive weight: {mixture}")
+  return mixture
 
 
 def check_codes_fit(path: str, model_cfg: MimoAudioConfig) -> None:
