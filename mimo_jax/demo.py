@@ -5,7 +5,7 @@
 Each stage is the project's own command, run as a user would run it (its log goes to
 `<workdir>/logs/<stage>.log`):
 
-  1. corpus     python -m mimo_jax.data.corpus       espeak-ng speech + transcripts (manifests)
+  1. corpus     python -m mimo_jax.corpus            espeak-ng speech + transcripts (manifests)
   2. tokenizer  TextTokenizer.train                  a 512-entry BPE over the training transcripts
   3. codec      python -m mimo_jax.train_codec       a small audio tokenizer, stage 1
   4. shards     python -m mimo_jax.pretokenize       the training corpus as codes + token ids
@@ -173,7 +173,7 @@ def _corpora(recipe: Recipe, f, workdir: str, seconds: dict) -> tuple[str, str, 
   from mimo_jax.data import corpus as corpus_lib  # noqa: PLC0415 (librosa only when run)
   corpus = os.path.join(workdir, "corpus")
   os.makedirs(corpus, exist_ok=True)
-  train_args = ["mimo_jax.data.corpus", f"--output={corpus}", f"--num_utterances={f.utterances}",
+  train_args = ["mimo_jax.corpus", f"--output={corpus}", f"--num_utterances={f.utterances}",
                 "--languages=en"]
   if not recipe.grammar_sentences:
     seconds["corpus"] = _corpus_stage("corpus", train_args, corpus, f.utterances, workdir)
@@ -195,7 +195,7 @@ def _corpora(recipe: Recipe, f, workdir: str, seconds: dict) -> tuple[str, str, 
       corpus, f.utterances, workdir)
   held_out_dir = os.path.join(workdir, "corpus_held_out")
   seconds["corpus_held_out"] = _corpus_stage("corpus_held_out", [
-      "mimo_jax.data.corpus", f"--output={held_out_dir}", f"--num_utterances={f.eval_items}",
+      "mimo_jax.corpus", f"--output={held_out_dir}", f"--num_utterances={f.eval_items}",
       "--languages=en", "--seed=1", f"--sentences={closed}",
       f"--speakers={','.join(recipe.held_out_speakers)}"], held_out_dir, f.eval_items, workdir)
   return (os.path.join(corpus, corpus_lib.MANIFEST),
@@ -341,6 +341,11 @@ def _fmt(value) -> str:
   return "-" if value is None else f"{value:.3f}"
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """`python -m mimo_jax.demo` and the `mimo-demo` console script."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

@@ -5,8 +5,9 @@
   python -m mimo_jax.generate --task=asr --audio=in.wav --ckpt=DIR --codec_ckpt=DIR
 
 --ckpt is an official MiMo-Audio folder (config.json + safetensors) or a training run directory
-(run.json + Orbax checkpoints/); --codec_ckpt an official tokenizer folder; --tokenizer the text
-tokenizer (default: the one in --ckpt). Tasks (`inference.MimoAudio` methods, spec §7 prompts):
+(run.json + Orbax checkpoints/); --codec_ckpt an official tokenizer folder or a codec run;
+--tokenizer the text tokenizer (default: the one in --ckpt). Tasks (`inference.MimoAudio`
+methods, spec §7 prompts):
 
   tts                  --text           -> speech (--output)
   asr                  --audio          -> text
@@ -51,7 +52,8 @@ def define_flags() -> None:
   flags.DEFINE_enum("task", None, list(TASKS), "What to generate.", required=True)
   flags.DEFINE_string("ckpt", None, "Official MiMo-Audio folder or training run directory.",
                       required=True)
-  flags.DEFINE_string("codec_ckpt", None, "Official tokenizer (codec) folder.", required=True)
+  flags.DEFINE_string("codec_ckpt", None, "Official tokenizer (codec) folder or codec run.",
+                      required=True)
   flags.DEFINE_string("tokenizer", None, "Text tokenizer.json or its folder (default: --ckpt).")
   flags.DEFINE_string("text", None, "Input text (tts, text_dialogue) or question.")
   flags.DEFINE_string("audio", None, "Input audio file (any rate; resampled to 24 kHz).")
@@ -137,6 +139,11 @@ def main(argv):
                stream=f.stream))
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """`python -m mimo_jax.generate` and the `mimo-generate` console script."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

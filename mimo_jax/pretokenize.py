@@ -16,13 +16,13 @@ import sys
 import jax
 from absl import app, flags
 
-from mimo_jax.codec.checkpoint import import_codec
 from mimo_jax.config import ConfigError
 from mimo_jax.convert.names import ConversionError
 from mimo_jax.convert.safetensors_io import CheckpointPathError
 from mimo_jax.data import manifest, pretokenize
 from mimo_jax.data.audio import AudioLimits
 from mimo_jax.data.tokenizer import TextTokenizer, TokenizerError
+from mimo_jax.train import run_dir
 
 
 def define_flags() -> None:
@@ -30,7 +30,8 @@ def define_flags() -> None:
   flags to another program's)."""
   flags.DEFINE_string("manifest", None, "JSONL manifest or LibriSpeech/LibriTTS folder.",
                       required=True)
-  flags.DEFINE_string("codec_ckpt", None, "Official tokenizer (codec) folder.", required=True)
+  flags.DEFINE_string("codec_ckpt", None, "Official tokenizer (codec) folder or codec run.",
+                      required=True)
   flags.DEFINE_string("output", None, "Output folder for shards and the report (local or gs://).",
                       required=True)
   flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder with one; default the "
@@ -62,7 +63,7 @@ def run(f: flags.FlagValues) -> int:
     index = jax.process_index() if f.process_index is None else f.process_index
     count = jax.process_count() if f.process_count is None else f.process_count
     tokenizer = TextTokenizer.load(f.tokenizer) if f.tokenizer else TextTokenizer.mimo()
-    params, cfg = import_codec(f.codec_ckpt)
+    params, cfg = run_dir.load_codec(f.codec_ckpt)
     skips = manifest.Skips()
     records = manifest.read_source(f.manifest, skips)
     pretokenize.run(records, skips, f.output, params, cfg, tokenizer, settings,
@@ -82,6 +83,11 @@ def main(argv):
   sys.exit(run(flags.FLAGS))
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """`python -m mimo_jax.pretokenize` and the `mimo-pretokenize` console script."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

@@ -15,17 +15,17 @@ import soundfile
 from absl import app, flags
 
 from mimo_jax.codec import api
-from mimo_jax.codec.checkpoint import import_codec
 from mimo_jax.config import ConfigError
 from mimo_jax.convert.names import ConversionError
 from mimo_jax.convert.safetensors_io import CheckpointPathError
-
+from mimo_jax.train import run_dir
 
 
 def define_flags() -> None:
   """The command's flags (defined only when run as a command, so importing this module adds no
   flags to another program's)."""
-  flags.DEFINE_string("codec_ckpt", None, "Official tokenizer folder.", required=True)
+  flags.DEFINE_string("codec_ckpt", None, "Official tokenizer folder or codec run.",
+                      required=True)
   flags.DEFINE_string("input", None, "Audio file, or codes .npy with --decode.", required=True)
   flags.DEFINE_string("output", None, "Codes .npy, or an audio file with --decode.",
                       required=True)
@@ -44,7 +44,7 @@ def run(codec_ckpt: str, input_path: str, output: str, decode: bool = False,
         n_q: int = api.DEFAULT_N_Q) -> int:
   """Encodes an audio file to codes (or decodes codes to audio); returns the exit status."""
   try:
-    params, cfg = import_codec(codec_ckpt)
+    params, cfg = run_dir.load_codec(codec_ckpt)
     if decode:
       wav = api.decode(params, cfg, _load_codes(input_path))
       soundfile.write(output, wav, cfg.sampling_rate)
@@ -68,6 +68,11 @@ def main(argv):
   sys.exit(run(f.codec_ckpt, f.input, f.output, f.decode, f.n_q))
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """`python -m mimo_jax.tokenize` and the `mimo-tokenize` console script."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

@@ -7,7 +7,7 @@
    after the first, compiling, step).
 3. Reconstructs utterances of held-out espeak-ng voices (none of them in the training corpus)
    with n_q = 1, 2, ... stages and reports mel distance, STOI, PESQ NB/WB and SI-SDR
-   (`mimo_jax.eval.codec`).
+   (`mimo_jax.eval.codec`, as `python -m mimo_jax.eval_codec` does).
 4. Runs --stage2_steps adversarial steps from the stage-1 export and records their speed.
 
 The machine may be shared: CPU-seconds taken by other processes during each phase are recorded.
@@ -37,6 +37,7 @@ from absl import flags  # noqa: E402
 from mimo_jax import train_codec  # noqa: E402
 from mimo_jax.data import corpus  # noqa: E402
 from mimo_jax.eval import codec as codec_eval  # noqa: E402
+from mimo_jax.train import run_dir  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 RESULTS_DIR = os.path.join(ROOT, "experiments", "results")
@@ -125,7 +126,7 @@ def main() -> None:
     for i, text in enumerate(HELD_OUT_TEXT):
       soundfile.write(os.path.join(held_dir, f"{voice.speaker}_{i}.wav"),
                       corpus.synthesize(text, voice), corpus.SAMPLE_RATE)
-  params, cfg = codec_eval.load_codec(stage1_dir)
+  params, cfg = run_dir.load_codec(stage1_dir)
   paths = codec_eval.audio_files(held_dir)
   evals = {}
   for stages in sorted({1, 2, n_q}):

@@ -65,11 +65,11 @@ def to_official(run_dir: str, out_dir: str, *, step: int | None, dtype: str,
                 max_shard_bytes: int, tokenizer: str | None, codec: str | None,
                 mesh_flag: str) -> list[str]:
   from mimo_jax import sharding  # noqa: PLC0415 (JAX and Orbax only when run)
-  from mimo_jax.train import export  # noqa: PLC0415
+  from mimo_jax.train import export, run_dir as runs  # noqa: PLC0415
   mesh = sharding.make_mesh(mesh_flag)
-  state, setup, cfg = export.load_run(run_dir, mesh, step)
+  state, setup, cfg = runs.load_run(run_dir, mesh, step)
   return export.export(state, setup, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes,
-                       tokenizer=tokenizer or export.run_tokenizer(run_dir, cfg), codec=codec)
+                       tokenizer=tokenizer or runs.run_tokenizer(run_dir, cfg), codec=codec)
 
 
 def to_run(official_dir: str, run_dir: str, *, param_dtype: str, mesh_flag: str) -> list[str]:
@@ -79,7 +79,7 @@ def to_run(official_dir: str, run_dir: str, *, param_dtype: str, mesh_flag: str)
   from mimo_jax.lm import model  # noqa: PLC0415
   from mimo_jax.train import run_json  # noqa: PLC0415
   from mimo_jax.train.checkpoint import Checkpointer  # noqa: PLC0415
-  from mimo_jax.train.loop import CHECKPOINT_DIR, PARAMS  # noqa: PLC0415
+  from mimo_jax.train.run_dir import CHECKPOINT_DIR, PARAMS  # noqa: PLC0415
   if os.path.exists(os.path.join(run_dir, CHECKPOINT_DIR)):
     raise ConfigError(f"--output={run_dir}: already holds checkpoints; choose a new folder")
   cfg = load_config(official_dir, param_dtype=param_dtype)
@@ -102,7 +102,6 @@ def run(input_path: str, output: str, *, step: int | None = None, dtype: str = "
   from mimo_jax.convert.safetensors_io import CheckpointPathError  # noqa: PLC0415
   from mimo_jax.data.tokenizer import TokenizerError  # noqa: PLC0415
   from mimo_jax.train.checkpoint import CheckpointError, quiet_orbax_logs  # noqa: PLC0415
-  from mimo_jax.train.export import ExportError  # noqa: PLC0415
   quiet_orbax_logs()
   try:
     if os.path.isfile(os.path.join(input_path, "config.json")):
@@ -112,9 +111,9 @@ def run(input_path: str, output: str, *, step: int | None = None, dtype: str = "
                           max_shard_bytes=max_shard_bytes, tokenizer=tokenizer, codec=codec,
                           mesh_flag=mesh_flag)
     else:
-      raise ExportError(f"--input={input_path}: no such folder")
-  except (ConfigError, ConversionError, CheckpointPathError, TokenizerError, CheckpointError,
-          ExportError) as e:
+      raise ConfigError(f"--input={input_path}: no such folder")
+  except (ConfigError, ConversionError, CheckpointPathError, TokenizerError,
+          CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if files:  # other processes of a multi-process export write nothing
@@ -131,6 +130,11 @@ def main(argv):
                param_dtype=f.param_dtype, mesh_flag=f.mesh))
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """`python -m mimo_jax.convert` and the `mimo-convert` console script."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

@@ -1,1 +1,2 @@
-"""Evaluation: codec reconstruction metrics (`codec_metrics`) and their command (`codec`)."""
+"""Evaluation: metrics, judges and task runners behind `python -m mimo_jax.evaluate`; codec
+reconstruction metrics of a folder (`codec`, behind `python -m mimo_jax.eval_codec`)."""

@@ -22,23 +22,25 @@ from mimo_jax.sharding import MeshError
 from mimo_jax.plan import report as report_lib
 from mimo_jax.plan import topology as topology_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (experiments/configs/<name>.py); "
-    "--config.<field>=<value> overrides a field.", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", "v5p-64", "TPU slice: a product name (v5p-64, "
-                                "v5e-256, v4-128, v6e-256, ...) or a grid (v5p:2x4x4).")
-_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-centre network "
-                                   "(the mesh's data axis spans them).")
-_MESH = flags.DEFINE_string("mesh", None, "Mesh axes per slice (default: the config's mesh).")
-_PHASE = flags.DEFINE_enum("phase", None, list(PHASES), "Override config.train.phase.")
-_STEP = flags.DEFINE_enum("step", "train", ["train", "generate"], "Which step to compile.")
-_MFU = flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation assumed for the predicted step "
-                          "time.")
-_GEN_ROWS = flags.DEFINE_integer("gen_rows", 64, "--step=generate: sequences decoded together.")
-_GEN_PROMPT = flags.DEFINE_integer("gen_prompt", 4096, "--step=generate: prompt positions.")
-_GEN_NEW = flags.DEFINE_integer("gen_new", 4096, "--step=generate: new positions (KV cache = "
-                                "prompt + new).")
-_SAVE = flags.DEFINE_string("save", None, "Write the report to <SAVE>.json and <SAVE>.md.")
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so importing this module adds no
+  flags to another program's)."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file (experiments/configs/<name>.py); "
+      "--config.<field>=<value> overrides a field.", lock_config=True)
+  flags.DEFINE_string("topology", "v5p-64", "TPU slice: a product name (v5p-64, v5e-256, "
+                      "v4-128, v6e-256, ...) or a grid (v5p:2x4x4).")
+  flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-centre network (the mesh's "
+                       "data axis spans them).")
+  flags.DEFINE_string("mesh", None, "Mesh axes per slice (default: the config's mesh).")
+  flags.DEFINE_enum("phase", None, list(PHASES), "Override config.train.phase.")
+  flags.DEFINE_enum("step", "train", ["train", "generate"], "Which step to compile.")
+  flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation assumed for the predicted step time.")
+  flags.DEFINE_integer("gen_rows", 64, "--step=generate: sequences decoded together.")
+  flags.DEFINE_integer("gen_prompt", 4096, "--step=generate: prompt positions.")
+  flags.DEFINE_integer("gen_new", 4096, "--step=generate: new positions (KV cache = prompt + "
+                       "new).")
+  flags.DEFINE_string("save", None, "Write the report to <SAVE>.json and <SAVE>.md.")
 
 
 def host() -> str:
@@ -75,27 +77,34 @@ def argv_flags() -> list[str]:
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cfg = _CONFIG.value
+  f = flags.FLAGS
+  cfg = f.config
   if cfg is None:
     raise app.UsageError("--config is required, e.g. --config=experiments/configs/7b_v5p_64.py")
-  if _PHASE.value:
+  if f.phase:
     with cfg.unlocked():
-      cfg.train.phase = _PHASE.value
+      cfg.train.phase = f.phase
   try:
-    report = run(cfg, _TOPOLOGY.value, _NUM_SLICES.value, _MESH.value, _STEP.value, _MFU.value,
-                 _GEN_ROWS.value, _GEN_PROMPT.value, _GEN_NEW.value)
+    report = run(cfg, f.topology, f.num_slices, f.mesh, f.step, f.mfu,
+                 f.gen_rows, f.gen_prompt, f.gen_new)
   except (topology_lib.PlanError, ConfigError, MeshError, ValueError) as e:
     print(f"plan: {e}", file=sys.stderr)
     return 2
   report["command"] = "python -m mimo_jax.plan " + " ".join(argv_flags())
   print(report_lib.to_markdown(report))
-  if _SAVE.value:
-    for path in report_lib.save(report, _SAVE.value):
+  if f.save:
+    for path in report_lib.save(report, f.save):
       print(f"wrote {path}")
   else:
     print(json.dumps({"fits": report["fits"], "memory": report["memory"]}, indent=1))
   return 0 if report["fits"] else 1
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """`python -m mimo_jax.plan` and the `mimo-plan` console script."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

@@ -32,39 +32,28 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local or gs://).")
-_MESH = flags.DEFINE_string("mesh", None, "Mesh axes and sizes; default: the config's mesh.")
-_INIT_FROM = flags.DEFINE_string("init_from", None, "Params to start from (see module doc).")
-_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "When the run finishes, write its params "
-                                  "here as an official MiMo-Audio checkpoint (LoRA merged).")
-_EXPORT_DTYPE = flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"],
-                                  "dtype of the exported safetensors.")
-_EXPORT_TOKENIZER = flags.DEFINE_string("export_tokenizer", None, "Text tokenizer for the export "
-                                        "(tokenizer.json or HF folder; default: the run's).")
-_EXPORT_CODEC = flags.DEFINE_string("export_codec", None, "Official audio tokenizer folder to "
-                                    "write into export_dir/audio_tokenizer.")
-_FORCE_RESUME = flags.DEFINE_bool("force_resume", False, "Resume even when the config changes "
-                                  "the model, the data stream or the optimizer state layout.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with no "
-                               "arguments (TPU pods and clusters JAX detects).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+from mimo_jax.train import multihost
 
 
-def _initialize_distributed() -> None:
-  import jax
-  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if any(v is not None for v in explicit):
-    if any(v is None for v in explicit):
-      raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  elif _MULTIHOST.value:
-    jax.distributed.initialize()
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so importing this module adds no
+  flags to another program's)."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory (local or gs://).")
+  flags.DEFINE_string("mesh", None, "Mesh axes and sizes; default: the config's mesh.")
+  flags.DEFINE_string("init_from", None, "Params to start from (see module doc).")
+  flags.DEFINE_string("export_dir", None, "When the run finishes, write its params here as an "
+                      "official MiMo-Audio checkpoint (LoRA merged).")
+  flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"],
+                    "dtype of the exported safetensors.")
+  flags.DEFINE_string("export_tokenizer", None, "Text tokenizer for the export (tokenizer.json "
+                      "or HF folder; default: the run's).")
+  flags.DEFINE_string("export_codec", None, "Official audio tokenizer folder to write into "
+                      "export_dir/audio_tokenizer.")
+  flags.DEFINE_bool("force_resume", False, "Resume even when the config changes the model, the "
+                    "data stream or the optimizer state layout.")
+  multihost.define_flags()
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -72,11 +61,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from mimo_jax.train.checkpoint import quiet_orbax_logs
   quiet_orbax_logs()
-  config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+  f = flags.FLAGS
+  config_file = config_flags.get_config_filename(f["config"])
   if not os.path.isfile(config_file):
     print(f"error: --config={config_file}: no such file", file=sys.stderr)
     sys.exit(2)
-  _initialize_distributed()  # before any other JAX call
+  multihost.initialize()  # before any other JAX call
   from mimo_jax.codec.config import load_codec_config
   from mimo_jax.config import ConfigError
   from mimo_jax.convert.hf import tokenizer_writer
@@ -86,26 +76,26 @@ def main(argv):
   from mimo_jax.sharding import MeshError
   from mimo_jax.train.checkpoint import CheckpointError
   from mimo_jax.train.preemption import EXIT_STUCK, Preempted
-  from mimo_jax.train import export, loop
+  from mimo_jax.train import export, loop, run_dir
   tokenizer = None
   try:
-    if _EXPORT_DIR.value:  # an unusable tokenizer or codec fails now, not after the training
-      tokenizer = _EXPORT_TOKENIZER.value or export.run_tokenizer(_WORKDIR.value, _CONFIG.value)
-      tokenizer_writer(tokenizer, loop.model_of(_CONFIG.value, _INIT_FROM.value).vocab_size)
-      if _EXPORT_CODEC.value:
-        load_codec_config(_EXPORT_CODEC.value)
+    if f.export_dir:  # an unusable tokenizer or codec fails now, not after the training
+      tokenizer = f.export_tokenizer or run_dir.run_tokenizer(f.workdir, f.config)
+      tokenizer_writer(tokenizer, loop.model_of(f.config, f.init_from).vocab_size)
+      if f.export_codec:
+        load_codec_config(f.export_codec)
   except (ConfigError, CheckpointPathError, TokenizerError) as e:
     print(f"error: --export_dir: {e}", file=sys.stderr)
     sys.exit(2)
   try:
-    result = loop.train(_CONFIG.value, _WORKDIR.value, mesh_flag=_MESH.value,
-                        init_from=_INIT_FROM.value, force_resume=_FORCE_RESUME.value)
+    result = loop.train(f.config, f.workdir, mesh_flag=f.mesh,
+                        init_from=f.init_from, force_resume=f.force_resume)
   except (ConfigError, MeshError, CheckpointError, SkipError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except Preempted:
-    message = (f"SIGTERM before the run could save; the latest checkpoint in {_WORKDIR.value} "
+    message = (f"SIGTERM before the run could save; the latest checkpoint in {f.workdir} "
                f"stands")
     logging.warning("%s", message)
     print(message, file=sys.stderr)
@@ -115,14 +105,20 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   print(f"{result.reason} at step {result.step}; checkpoint {result.checkpoint_step} in "
-        f"{_WORKDIR.value}")
-  if _EXPORT_DIR.value and result.reason == "finished":
-    files = export.export(result.state, result.setup, _EXPORT_DIR.value,
-                          dtype=_EXPORT_DTYPE.value, tokenizer=tokenizer,
-                          codec=_EXPORT_CODEC.value)
+        f"{f.workdir}")
+  if f.export_dir and result.reason == "finished":
+    files = export.export(result.state, result.setup, f.export_dir,
+                          dtype=f.export_dtype, tokenizer=tokenizer,
+                          codec=f.export_codec)
     if files:
-      print(f"exported {', '.join(files)} to {_EXPORT_DIR.value}")
+      print(f"exported {', '.join(files)} to {f.export_dir}")
+
+
+def console() -> None:
+  """`python -m mimo_jax.train` and the `mimo-train` console script."""
+  define_flags()
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
 
 import jax
 import ml_collections
@@ -33,19 +32,16 @@ from absl import logging
 from etils import epath
 
 from mimo_jax import sharding
-from mimo_jax.config import ConfigError, MimoAudioConfig, load_config
-from mimo_jax.convert.hf import import_checkpoint
+from mimo_jax.config import ConfigError, MimoAudioConfig
 from mimo_jax.lm import flops as lm_flops
-from mimo_jax.lm import model as lm_model
 from mimo_jax.train import config as train_config
-from mimo_jax.train import data, metrics, run_json
-from mimo_jax.train.checkpoint import Checkpointer, restore_params
+from mimo_jax.train import data, metrics, run_dir, run_json
+from mimo_jax.train.checkpoint import Checkpointer
 from mimo_jax.train.preemption import Preemption
-from mimo_jax.train.state import TrainSetup, abstract_params_of, create_state
+from mimo_jax.train.run_dir import CHECKPOINT_DIR, join_state, split_state
+from mimo_jax.train.state import TrainSetup, create_state
 from mimo_jax.train.step import TrainStep, check_batch, make_train_step
 
-PARAMS, TRAIN = "params", "train"
-CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = metrics.METRICS_FILE
 
 
@@ -62,15 +58,6 @@ class RunResult:
 
 class NonFiniteError(RuntimeError):
   """Too many non-finite steps in a row; the run saved a checkpoint and stopped."""
-
-
-def split_state(state: dict) -> dict[str, Any]:
-  """The two checkpoint items: params alone (what other runs load) and the rest."""
-  return {PARAMS: state["params"], TRAIN: {k: v for k, v in state.items() if k != "params"}}
-
-
-def join_state(items: dict[str, Any]) -> dict:
-  return {"params": items[PARAMS], **items[TRAIN]}
 
 
 def _check_writable(path: str, name: str) -> None:
@@ -99,32 +86,6 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     logging.info("logs (metrics.jsonl, TensorBoard, loss curve) go to %s", logs)
 
 
-def refuse_lora_run(run_dir: str, flag: str) -> None:
-  """A LoRA run's `params` item is the frozen base model (the adapters are saved with the
-  optimizer state): loading it alone would silently drop the fine-tuning."""
-  rank = (run_json.read(run_dir) or {}).get("optimizer", {}).get("lora_rank", 0)
-  if rank:
-    raise ConfigError(f"{flag}={run_dir}: this run trained LoRA adapters (rank {rank}) and its "
-                      f"params checkpoint is the frozen base; export it with the adapters "
-                      f"merged (python -m mimo_jax.convert --input={run_dir} --output=DIR, or "
-                      f"the launcher's --export_dir=DIR) and use DIR")
-
-
-def _initial_params(init_from: str, setup: TrainSetup, mesh) -> dict:
-  """Params from another run's Orbax checkpoint or from an official safetensors folder."""
-  refuse_lora_run(init_from, "--init_from")
-  if (epath.Path(init_from) / "config.json").exists():
-    logging.info("init_from: importing official safetensors from %s", init_from)
-    params, _ = import_checkpoint(init_from, setup.model, specs_fn=lm_model.param_specs,
-                                  mesh=mesh)
-    return params
-  ckpt_dir = init_from
-  if (epath.Path(init_from) / CHECKPOINT_DIR).is_dir():
-    ckpt_dir = os.path.join(init_from, CHECKPOINT_DIR)
-  logging.info("init_from: params of the latest checkpoint in %s", ckpt_dir)
-  return restore_params(ckpt_dir, abstract_params_of(setup, mesh), item=PARAMS)
-
-
 def model_of(cfg: ml_collections.ConfigDict, init_from: str | None) -> MimoAudioConfig:
   """The model a run trains: the one `init_from` holds (an official folder's config.json, or the
   model another run's run.json records), else the config's. The compute fields (dtype, remat,
@@ -134,12 +95,7 @@ def model_of(cfg: ml_collections.ConfigDict, init_from: str | None) -> MimoAudio
     return model
   compute = dict(dtype=model.dtype, param_dtype=model.param_dtype,
                  remat_policy=model.remat_policy, attention=model.attention)
-  if (epath.Path(init_from) / "config.json").exists():
-    return load_config(init_from, **compute)
-  run_dir = (os.path.dirname(init_from.rstrip("/"))
-             if os.path.basename(init_from.rstrip("/")) == CHECKPOINT_DIR else init_from)
-  stored = run_json.read(run_dir)
-  return model if stored is None else run_json.model_config(stored, **compute)
+  return run_dir.model_config(init_from, **compute) or model
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None = None,
@@ -207,7 +163,8 @@ def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step:
     state = join_state(ckpt.restore(abstract, resume_step, data_iterator=iterator))
     metrics.truncate_jsonl(jsonl, resume_step)
   else:
-    params = None if not init_from else _initial_params(init_from, setup, mesh)
+    params = None if not init_from else run_dir.load_params(init_from, "--init_from", mesh=mesh,
+                                                            model=setup.model)[1]
     state = create_state(setup, jax.random.key(cfg.train.seed), mesh, params)
     if jax.process_index() == 0 and epath.Path(jsonl).exists():
       epath.Path(jsonl).unlink()  # the log of an attempt that never reached a checkpoint

@@ -138,9 +138,10 @@ def _state_initializer(setup: TrainSetup, mesh: Mesh):
   return jax.jit(lambda k, p: init_state(setup, k, p), out_shardings=state_shardings(setup, mesh))
 
 
-def abstract_params_of(setup: TrainSetup, mesh: Mesh) -> dict:
-  """The params subtree alone, abstract and sharded (to load params from another run)."""
-  shardings = sharding.named_shardings(logical_axes(setup.model_specs), mesh)
+def abstract_params_of(model_cfg: MimoAudioConfig, mesh: Mesh) -> dict:
+  """The params of a model alone, abstract and sharded over `mesh` (to load params from another
+  run or folder)."""
+  specs = model.param_specs(model_cfg)
+  shardings = sharding.named_shardings(logical_axes(specs), mesh)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      abstract_params(setup.model_specs, jnp.dtype(setup.model.param_dtype)),
-                      shardings)
+                      abstract_params(specs, jnp.dtype(model_cfg.param_dtype)), shardings)

@@ -26,7 +26,7 @@ from mimo_jax.lm import model
 from mimo_jax.train import config as train_config
 from mimo_jax.train import lora, run_json
 from mimo_jax.train.checkpoint import Checkpointer
-from mimo_jax.train.loop import CHECKPOINT_DIR, split_state
+from mimo_jax.train.run_dir import CHECKPOINT_DIR, split_state
 from mimo_jax.train.state import TrainSetup, create_state
 from tests.helpers import random_params
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from mimo_jax import corpus as corpus_cli
 from mimo_jax.data import corpus
 from mimo_jax.data import manifest as manifest_lib
 
@@ -105,7 +106,7 @@ def test_bad_inputs_are_named(tmp_path):
 
 
 def test_cli(tmp_path):
-  ok = subprocess.run([sys.executable, "-m", "mimo_jax.data.corpus", f"--output={tmp_path}",
+  ok = subprocess.run([sys.executable, "-m", "mimo_jax.corpus", f"--output={tmp_path}",
                        "--num_utterances=2", "--languages=en"], capture_output=True, text=True,
                       check=False)
   assert ok.returncode == 0, ok.stderr
@@ -115,5 +116,5 @@ def test_cli(tmp_path):
 
 def test_cli_error_exits_1(tmp_path, capsys):
   # In-process: one interpreter start is enough.
-  assert corpus.run(str(tmp_path), 2, 0, ("xx",)) == 1
+  assert corpus_cli.run(str(tmp_path), 2, 0, ("xx",)) == 1
   assert "error: language 'xx'" in capsys.readouterr().err

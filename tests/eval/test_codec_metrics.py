@@ -12,6 +12,7 @@ from mimo_jax.codec import losses
 from mimo_jax.data import corpus
 from mimo_jax.eval import codec as codec_eval
 from mimo_jax.eval import codec_metrics, judges
+from mimo_jax.train import run_dir
 from tests.codec.common import TOKENIZER_DIR
 
 SR = 24000
@@ -66,7 +67,7 @@ def test_evaluate_a_checkpoint_on_a_folder(speech, tmp_path):
   soundfile.write(tmp_path / "a.wav", speech, SR)
   soundfile.write(tmp_path / "b.flac", speech[:SR], SR)
   (tmp_path / "broken.wav").write_text("not audio")
-  params, cfg = codec_eval.load_codec(TOKENIZER_DIR)
+  params, cfg = run_dir.load_codec(TOKENIZER_DIR)
   paths = codec_eval.audio_files(str(tmp_path))
   assert [os.path.basename(p) for p in paths] == ["a.wav", "b.flac", "broken.wav"]
   result = codec_eval.evaluate(params, cfg, paths, n_q=8)

@@ -27,6 +27,7 @@ def main():
     return _original_save(self, directory, *args, **kwargs)
 
   grain.checkpoint.CheckpointHandler.save = save
+  launcher.define_flags()
   app.run(launcher.main)
 
 

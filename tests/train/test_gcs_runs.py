@@ -81,7 +81,7 @@ def test_workdir_probe_run_json_and_the_lora_guard_on_gs(gcs):
   from etils import epath
 
   from mimo_jax.train import config as train_config
-  from mimo_jax.train import loop
+  from mimo_jax.train import loop, run_dir
   cfg = train_config.load_file(CONFIG)
   loop.check_workdir(cfg, RUN)  # writes and removes a probe object
   assert not list(epath.Path(RUN).glob(".write_probe_*"))
@@ -91,19 +91,20 @@ def test_workdir_probe_run_json_and_the_lora_guard_on_gs(gcs):
   epath.Path(f"{RUN}/run.json").write_text(json.dumps({"optimizer": {"lora_rank": 0}}))
   with pytest.raises(ConfigError, match=r"--init_from=gs://bucket/runs/lora: this run trained "
                                         r"LoRA adapters \(rank 4\)"):
-    loop.refuse_lora_run(lora, "--init_from")
-  loop.refuse_lora_run(RUN, "--init_from")  # a full run passes
+    run_dir.refuse_lora_run(lora, "--init_from")
+  run_dir.refuse_lora_run(RUN, "--init_from")  # a full run passes
 
 
 def test_init_from_finds_the_checkpoints_of_a_gs_run(gcs, monkeypatch):
   from etils import epath
 
-  from mimo_jax.train import loop
+  from mimo_jax.train import run_dir
   epath.Path(f"{RUN}/checkpoints/2/params/x").write_text("")
   asked = []
-  monkeypatch.setattr(loop, "restore_params", lambda directory, *a, **k: asked.append(directory))
-  monkeypatch.setattr(loop, "abstract_params_of", lambda *a: None)
-  loop._initial_params(RUN, None, None)  # pylint: disable=protected-access
+  monkeypatch.setattr(run_dir, "restore_params",
+                      lambda directory, *a, **k: asked.append(directory))
+  monkeypatch.setattr(run_dir, "abstract_params_of", lambda *a: None)
+  run_dir.load_params(RUN, "--init_from", mesh="a mesh", model="the run's model")
   assert asked == [f"{RUN}/checkpoints"]
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from mimo_jax.config import ConfigError
 from mimo_jax.inference import MimoAudio
-from mimo_jax.train.loop import refuse_lora_run
+from mimo_jax.train.run_dir import refuse_lora_run
 
 
 def _run_dir(tmp_path, rank):

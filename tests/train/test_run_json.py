@@ -9,7 +9,7 @@ import pytest
 from mimo_jax import config, sharding
 from mimo_jax.config import ConfigError
 from mimo_jax.train import config as train_config
-from mimo_jax.train import loop, run_json
+from mimo_jax.train import loop, run_dir, run_json
 
 MESH = sharding.make_mesh("data:1,fsdp:1,tensor:1", devices=jax.devices()[:1])
 
@@ -51,7 +51,7 @@ def test_init_from_a_run_takes_the_model_its_run_json_records(tmp_path):
   cfg = _changed(**{"model.dtype": "float32"})
   model = loop.model_of(cfg, str(tmp_path))
   assert model.hidden_size == 96 and model.dtype == "float32"  # compute fields: this config's
-  assert loop.model_of(cfg, str(tmp_path / loop.CHECKPOINT_DIR)).hidden_size == 96
+  assert loop.model_of(cfg, str(tmp_path / run_dir.CHECKPOINT_DIR)).hidden_size == 96
   assert loop.model_of(cfg, None) == train_config.model_from(cfg)
 
 

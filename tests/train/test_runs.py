@@ -24,7 +24,8 @@ from mimo_jax.train import checkpoint, metrics
 from mimo_jax.train import config as train_config
 from mimo_jax.train.state import TrainSetup, abstract_params_of
 from mimo_jax.nn.params import init_params
-from mimo_jax.train.loop import CHECKPOINT_DIR, METRICS_FILE, PARAMS
+from mimo_jax.train.loop import METRICS_FILE
+from mimo_jax.train.run_dir import CHECKPOINT_DIR, PARAMS
 from mimo_jax.train.optimizer import group_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,7 +108,7 @@ def tiny_setup(phase: str) -> TrainSetup:
 
 
 def final_params(workdir: str, mesh) -> dict:
-  abstract = abstract_params_of(tiny_setup("generation"), mesh)
+  abstract = abstract_params_of(tiny_setup("generation").model, mesh)
   params = checkpoint.restore_params(os.path.join(workdir, CHECKPOINT_DIR), abstract,
                                      item=PARAMS)
   return jax.tree.map(np.asarray, params)

@@ -13,7 +13,7 @@ import pytest
 
 from mimo_jax import sharding
 from mimo_jax.lm import loss as lm_loss
-from mimo_jax.train import checkpoint, data, lora, loop
+from mimo_jax.train import checkpoint, data, lora, loop, run_dir
 from mimo_jax.train import config as train_config
 from mimo_jax.train.state import TrainSetup, create_state
 from mimo_jax.train.step import TrainStep, make_train_step
@@ -113,6 +113,6 @@ def test_loop_stops_with_a_checkpoint_after_k_non_finite_steps(built, tmp_path):
   fake = TrainStep(always_non_finite, *train_step[1:])
   with pytest.raises(loop.NonFiniteError, match="after 3 non-finite steps in a row at step 3"):
     loop.train(cfg, str(tmp_path), train_step=fake)
-  with checkpoint.Checkpointer(os.path.join(tmp_path, loop.CHECKPOINT_DIR),
+  with checkpoint.Checkpointer(os.path.join(tmp_path, run_dir.CHECKPOINT_DIR),
                                read_only=True) as ckpt:
     assert ckpt.latest_step() == 3
