@@ -16,19 +16,27 @@ the output stream (`generate.output_text_ids` / `output_codes`), then decoded by
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mimo_jax.codec import api as codec_api
 from mimo_jax.codec import streaming
+from mimo_jax.codec.checkpoint import import_codec
 from mimo_jax.codec.config import CodecConfig
-from mimo_jax.config import MimoAudioConfig
+from mimo_jax.config import ConfigError, MimoAudioConfig, load_config
+from mimo_jax.convert.hf import import_checkpoint
 from mimo_jax.data import templates
 from mimo_jax.data.tokenizer import TextTokenizer
 from mimo_jax.lm import generate as gen
+from mimo_jax.lm import model
 from mimo_jax.lm.sampling import PRESETS, SamplerConfig
+from mimo_jax.nn.params import abstract_params
 
 DEFAULT_MAX_NEW = 512  # LLM steps (patches of 0.16 s, or text tokens) per answer
 # Template task -> official sampler preset (the official speech-to-text dialogue uses the
@@ -63,6 +71,42 @@ class Answer:
   result: gen.Generation
 
 
+class Piece(NamedTuple):
+  wav: np.ndarray  # newly final audio (24 kHz float32, possibly empty)
+  text: str  # newly final text of the text channel
+  finished: bool  # nothing more will come
+
+
+class AnswerStream:
+  """One answer read as it is generated (`MimoAudio.stream`, the server's slots): each `feed` of
+  its new steps (text [n], patches [n, g, c]) gives the audio the codec's streaming decode
+  finalises and the text channel's new text. Audio starts at the prompt's open stream (a
+  `<|sostm|>` generated later does not restart it) and ends at `<|eostm|>`, which also ends the
+  answer (a closed stream has nothing more to hear); the text leaves out special tokens."""
+
+  def __init__(self, mimo: MimoAudio, scfg: streaming.StreamingConfig):
+    self._mimo, self._scfg = mimo, scfg
+    self._codec_state, self._ended = streaming.start(), False
+    self._text_ids, self._text = [], ""
+
+  def feed(self, text_n: np.ndarray, codes_ngc: np.ndarray, done: bool) -> Piece:
+    tokens, c = self._mimo.tokens, self._mimo.cfg.audio_channels
+    if not self._ended and (text_n == tokens.eostm).any():
+      keep = int(np.argmax(text_n == tokens.eostm))
+      text_n, codes_ngc, self._ended = text_n[:keep], codes_ngc[:keep], True
+    finished = self._ended or done
+    frames_tc = codes_ngc[text_n == tokens.empty].reshape(-1, c)
+    wav, self._codec_state = streaming.step(self._mimo.codec_params, self._mimo.codec_cfg,
+                                            self._codec_state, frames_tc, last=finished,
+                                            scfg=self._scfg)
+    # Decoded whole each time: a byte-level BPE token may end inside a character.
+    self._text_ids += text_n.tolist()
+    text = self._mimo.tokenizer.decode(self._text_ids, skip_special_tokens=True)
+    new = text[len(self._text):] if finished or not text.endswith("\ufffd") else ""
+    self._text = self._text + new
+    return Piece(wav, new, finished)
+
+
 class MimoAudio:
   """Speech LM + codec + text tokenizer. Methods take waveforms (any rate; resampled) or text."""
 
@@ -82,13 +126,15 @@ class MimoAudio:
     """ckpt: an official MiMo-Audio folder (config.json + safetensors) or a training run's
     directory (`run.json` + Orbax `checkpoints/`, the latest step unless `step`). codec_ckpt: an
     official tokenizer folder. tokenizer: a tokenizer.json or its folder (default: ckpt's)."""
-    # Orbax and the training stack are imported only when a model is loaded.
-    from mimo_jax.train import run_dir  # noqa: PLC0415
     runtime = dict(official_bf16_speech_sum=official_bf16_speech_sum)
     if dtype:
       runtime["dtype"] = dtype
-    cfg, params = run_dir.load_params(ckpt, "--ckpt", step=step, **runtime)
-    codec_params, codec_cfg = run_dir.load_codec(codec_ckpt)
+    if os.path.isfile(os.path.join(ckpt, "config.json")):
+      cfg = load_config(ckpt, **runtime)
+      params, _ = import_checkpoint(ckpt, cfg, specs_fn=model.param_specs)
+    else:
+      cfg, params = _load_run(ckpt, runtime, step)
+    codec_params, codec_cfg = import_codec(codec_ckpt)
     return cls(params, cfg, codec_params, codec_cfg, TextTokenizer.load(tokenizer or ckpt))
 
   # --- generic ----------------------------------------------------------------------------------
@@ -126,24 +172,17 @@ class MimoAudio:
     prompt_bkl, len_b, keys_b, settings, n = gen.pack(self.cfg, [request])
     state = gen.prefill(self.params, self.cfg, prompt_bkl, len_b, keys_b,
                         empty_id=self.tokens.empty, max_new=n)
-    codec_state, taken, ended = streaming.start(), 0, False
+    answer, taken = AnswerStream(self, scfg), 0
     while True:
       state = gen.decode(self.params, self.cfg, state, settings, jnp.int32(taken + chunk_steps),
                          empty_id=self.tokens.empty)
       made = int(state.n_new_b[0])
-      text_n = np.asarray(state.text_bn[0, taken:made])
-      codes_ngc = np.asarray(state.codes_bngc[0, taken:made])
-      if not ended and (text_n == self.tokens.eostm).any():
-        keep = int(np.argmax(text_n == self.tokens.eostm))
-        text_n, codes_ngc, ended = text_n[:keep], codes_ngc[:keep], True
-      frames_tc = codes_ngc[text_n == self.tokens.empty].reshape(-1, self.cfg.audio_channels)
+      piece = answer.feed(np.asarray(state.text_bn[0, taken:made]),
+                          np.asarray(state.codes_bngc[0, taken:made]), bool(state.done_b[0]))
       taken = made
-      finished = ended or bool(state.done_b[0])  # a closed stream has nothing more to hear
-      wav, codec_state = streaming.step(self.codec_params, self.codec_cfg, codec_state,
-                                        frames_tc, last=finished, scfg=scfg)
-      if len(wav):
-        yield wav
-      if finished:
+      if len(piece.wav):
+        yield piece.wav
+      if piece.finished:
         return
 
   # --- tasks ------------------------------------------------------------------------------------
@@ -234,3 +273,22 @@ class MimoAudio:
         wavs[i] = w
     return wavs
 
+
+def _load_run(run_dir: str, runtime: dict, step: int | None) -> tuple[MimoAudioConfig, dict]:
+  """The model config (from `run.json`) and params (Orbax) of a training run directory."""
+  # Orbax and the training stack are imported only when a run is loaded.
+  from mimo_jax.train.checkpoint import restore_params  # noqa: PLC0415
+  from mimo_jax.train.loop import refuse_lora_run  # noqa: PLC0415
+  refuse_lora_run(run_dir, "--ckpt")
+  run_json = os.path.join(run_dir, "run.json")
+  if not os.path.isfile(run_json):
+    raise ConfigError(f"--ckpt={run_dir}: neither an official folder (config.json) nor a "
+                      f"training run (run.json + checkpoints/)")
+  with open(run_json) as f:
+    saved = json.load(f)["model"]
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+  cfg = MimoAudioConfig(**{**fields, **runtime})
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          abstract_params(model.param_specs(cfg), jnp.dtype(cfg.param_dtype)))
+  return cfg, restore_params(os.path.join(run_dir, "checkpoints"), abstract, step)
