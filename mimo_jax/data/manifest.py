@@ -16,7 +16,7 @@ An SFT conversation (the one SFT format; every chat task of `mimo_jax.data.templ
 `content` is a string (one text part) or a list of parts: `{"text": ...}`, `{"audio": PATH}`
 (an audio span), or, in an assistant turn, `{"text": ..., "audio": PATH}`: a spoken reply, its
 transcript and audio (a stream). An assistant turn may set `"thinking": true`: it opens with
-`<think>\n` and its text holds the reasoning, `</think>` and the reply. Audio is tokenised at
+`<think>\\n` and its text holds the reasoning, `</think>` and the reply. Audio is tokenised at
 pre-tokenisation like an utterance's. Training renders it with `templates.conversation`: every
 assistant turn (its reply and `<|im_end|>`) is a target, nothing else. `task` (default `chat`)
 names it, one of `templates.CHAT_TASKS`.
@@ -59,7 +59,7 @@ class Part:
 
 @dataclasses.dataclass(frozen=True)
 class Message:
-  """A conversation turn: role, parts, and for an assistant turn whether it opens `<think>\n`."""
+  """A conversation turn: role, parts, and for an assistant turn whether it opens `<think>\\n`."""
 
   role: str
   parts: tuple[Part, ...]

@@ -35,8 +35,8 @@ and its closing `<|im_end|>`): `chat` renders any conversation; `asr_sft`, `tts_
 `instruct_tts_sft` (also with a voice prompt), `audio_understanding_sft`, `spoken_dialogue_sft`,
 `s2t_dialogue_sft` and `text_dialogue_sft` are the official tasks on top of it (the dialogue ones
 take a multi-turn history; only the last reply is trained). A text answer follows
-`<think>\n\n</think>\n` (or `<think>\n` with `thinking=True`, where the answer holds the
-reasoning, `</think>` and the reply); a speech answer is a stream after `<|im_start|>assistant\n`.
+`<think>\\n\\n</think>\\n` (or `<think>\\n` with `thinking=True`, where the answer holds the
+reasoning, `</think>` and the reply); a speech answer is a stream after `<|im_start|>assistant\\n`.
 SFT data (the JSONL `messages` of `mimo_jax.data.manifest`) is rendered by `conversation`, which
 trains every assistant turn and nothing else; each task above is such a conversation.
 
@@ -312,7 +312,7 @@ class Turn:
   """One chat turn. role: "system", "user" or "assistant". parts: text (str), input audio
   (codes [T, C] ndarray) or, for an assistant's spoken reply, `Speech(text, audio_tc)`.
 
-  An assistant turn with `thinking` opens with `<think>\n` and its text holds the reasoning,
+  An assistant turn with `thinking` opens with `<think>\\n` and its text holds the reasoning,
   `</think>` and the reply; without it a reply that starts with text gets the empty think block.
   A `trained` assistant turn is a training target although it is context (SFT data trains every
   assistant turn; the task templates train only the answer)."""
@@ -343,8 +343,8 @@ def chat(fmt: Formatter, task: str, history: Sequence[Turn],
   then the assistant's answer, trained together with its `<|im_end|>`.
 
   The answer is a text (str), a spoken reply (`Speech`: a stream right after
-  `<|im_start|>assistant\n`) or an assistant `Turn` of several parts. A text answer follows
-  `<think>\n\n</think>\n`, or `<think>\n` with `thinking` (the answer then holds the reasoning,
+  `<|im_start|>assistant\\n`) or an assistant `Turn` of several parts. A text answer follows
+  `<think>\\n\\n</think>\\n`, or `<think>\\n` with `thinking` (the answer then holds the reasoning,
   `</think>` and the reply). With `answer=None` the prompt ends where the model starts answering;
   `speech_answer` says which kind to open (and, with an answer, requires speech in it).
   """
@@ -384,7 +384,7 @@ def conversation(fmt: Formatter, task: str, turns: Sequence[Turn]) -> Example:
 
 
 def _reply_opener(fmt: Formatter, speech_first: bool, thinking: bool) -> list[Segment]:
-  """`<|im_start|>assistant\n` and the think block a reply starts with (none before a stream)."""
+  """`<|im_start|>assistant\\n` and the think block a reply starts with (none before a stream)."""
   opener = [fmt.markup("<|im_start|>assistant\n")]
   if thinking or not speech_first:
     opener.append(fmt.markup(THINKING if thinking else NO_THINKING))
@@ -466,7 +466,7 @@ def instruct_tts_sft(fmt: Formatter, text: str, instruct: str,
   """Instruction-following TTS, optionally in the voice of a prompt (official `tts_sft` with
   `instruct`, and `prompt_speech`): a system turn asking for speech in the instruction's style
   (with `voice_tc`: also in the prompt's timbre, the voice audio closing the system text), the user
-  turn `{instruction}: {text}({instruct})`, and the assistant's reply after `<think>\n`. The
+  turn `{instruction}: {text}({instruct})`, and the assistant's reply after `<think>\\n`. The
   official model writes its reasoning there; data without reasoning closes the block empty
   (`EMPTY_THOUGHT`, as `NO_THINKING` reads) before the stream speaking `text`."""
   _require("instruct_tts_sft", text=text, instruct=instruct)
