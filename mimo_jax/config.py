@@ -50,6 +50,8 @@ class StackConfig:
   dtype: str = "float32"
   remat_policy: str = "none"
   attention: str = "xla"
+  # Dropout on the attention probabilities, applied only when the caller passes a key (training).
+  attention_dropout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,14 +153,16 @@ class MimoAudioConfig:
 
   @property
   def patch_encoder(self) -> StackConfig:
-    # Official input_local_config(): FFN = 4 x dim, heads = kv heads = local_attn_heads, and the
-    # stack is causal unless input_full_attention is set.
+    # Official input_local_config(): FFN = 4 x dim, heads = kv heads = local_attn_heads, the
+    # stack is causal unless input_full_attention is set, and both local stacks (this one and
+    # local_config()'s patch decoder) take local_attn_dropout as their attention dropout.
     return StackConfig(
         d_model=self.input_local_dim, n_layers=self.input_local_layers,
         n_heads=self.local_attn_heads, n_kv_heads=self.local_attn_heads,
         head_dim=self.input_local_dim // self.local_attn_heads, d_ff=4 * self.input_local_dim,
         rope_theta=self.rope_theta, norm_eps=self.rms_norm_eps,
-        causal=not self.input_full_attention, dtype=self.dtype, remat_policy=self.remat_policy)
+        causal=not self.input_full_attention, dtype=self.dtype, remat_policy=self.remat_policy,
+        attention_dropout=self.local_attn_dropout)
 
   @property
   def patch_decoder(self) -> StackConfig:
@@ -166,7 +170,8 @@ class MimoAudioConfig:
         d_model=self.local_dim, n_layers=self.local_layers, n_heads=self.local_attn_heads,
         n_kv_heads=self.local_attn_heads, head_dim=self.local_dim // self.local_attn_heads,
         d_ff=self.local_ffn_dim, rope_theta=self.rope_theta, norm_eps=self.rms_norm_eps,
-        causal=True, dtype=self.dtype, remat_policy=self.remat_policy)
+        causal=True, dtype=self.dtype, remat_policy=self.remat_policy,
+        attention_dropout=self.local_attn_dropout)
 
   # --- official config.json ---------------------------------------------------------------------
   def to_official_dict(self) -> dict[str, Any]:

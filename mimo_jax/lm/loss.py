@@ -79,12 +79,13 @@ def text_loss(params: dict, hidden_bpd: jax.Array, targets_bp: jax.Array, weight
 
 
 def audio_losses(params: dict, cfg: MimoAudioConfig, hidden_bpd: jax.Array,
-                 codes_bpgc: jax.Array, is_target_bp: jax.Array) -> tuple[list, dict]:
+                 codes_bpgc: jax.Array, is_target_bp: jax.Array,
+                 dropout_key: jax.Array | None = None) -> tuple[list, dict]:
   """Per-channel patch-decoder cross-entropy over the patches that positions predict."""
   b, p, g, c = codes_bpgc.shape
   cond_nd = model.local_cond(params, cfg, hidden_bpd).reshape(b * p, -1)
   target_codes_ngc = _shift_to_predictor(codes_bpgc, 0).reshape(b * p, g, c)
-  logits = model.patch_decoder_logits(params, cfg, cond_nd, target_codes_ngc)
+  logits = model.patch_decoder_logits(params, cfg, cond_nd, target_codes_ngc, dropout_key)
   cells_ngc = is_target_bp.reshape(b * p, 1, 1) & model.is_code(target_codes_ngc, cfg)
   losses, metrics = [], {}
   for ch, logits_ngv in enumerate(logits):
@@ -98,21 +99,25 @@ def audio_losses(params: dict, cfg: MimoAudioConfig, hidden_bpd: jax.Array,
 
 
 def loss(params: dict, cfg: MimoAudioConfig, loss_cfg: LossConfig, batch: dict,
-         empty_id: int) -> tuple[jax.Array, dict]:
+         empty_id: int, dropout_key: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """Total weighted loss and per-channel metrics for a batch.
 
   batch: `input_ids` [b, 1 + c, g * p]; optional `segment_ids` [b, p] (packed sequences, 0 =
   padding), `positions` [b, p] (restarting per segment), `loss_mask` [b, p] (which positions'
   tokens are targets, e.g. 0 over an SFT prompt). With no audio weight (phase `understanding`)
   the patch decoder is never run and its parameters are not read.
+
+  dropout_key (training) turns on the local stacks' attention dropout (`local_attn_dropout`);
+  without it the loss is deterministic (evaluation).
   """
   weights = loss_cfg.weights
   if len(weights) != 1 + cfg.audio_channels:
     raise ValueError(f"channel_weights: needs 1 + {cfg.audio_channels} entries, got {weights}")
   text_bp, codes_bpgc = model.split_channels(batch["input_ids"], cfg)
+  encoder_key, decoder_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
   hidden_bpd = model.forward(params, cfg, batch["input_ids"], empty_id,
                              positions_bp=batch.get("positions"),
-                             segment_ids_bp=batch.get("segment_ids"))
+                             segment_ids_bp=batch.get("segment_ids"), dropout_key=encoder_key)
   has_target_bp = target_mask(batch, text_bp.shape[1])
   targets_bp = _shift_to_predictor(text_bp, 0)
   text_weights_bp = has_target_bp * jnp.where(targets_bp == empty_id, loss_cfg.empty_loss_weight,
@@ -122,7 +127,8 @@ def loss(params: dict, cfg: MimoAudioConfig, loss_cfg: LossConfig, batch: dict,
   channel_losses = [text]
   if loss_cfg.trains_audio:
     is_audio_target_bp = has_target_bp & (targets_bp == empty_id)
-    audio, audio_metrics = audio_losses(params, cfg, hidden_bpd, codes_bpgc, is_audio_target_bp)
+    audio, audio_metrics = audio_losses(params, cfg, hidden_bpd, codes_bpgc, is_audio_target_bp,
+                                        decoder_key)
     channel_losses += audio
     metrics.update(audio_metrics)
   used = [(w, l) for w, l in zip(weights, channel_losses) if w > 0]

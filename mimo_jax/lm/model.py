@@ -75,8 +75,9 @@ def is_code(codes_ngc: jax.Array, cfg: MimoAudioConfig) -> jax.Array:
 
 
 def input_embeds(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array,
-                 empty_id: int) -> jax.Array:
-  """Backbone input [b, p, d]: text embedding at text positions, encoded patch at audio ones."""
+                 empty_id: int, dropout_key: jax.Array | None = None) -> jax.Array:
+  """Backbone input [b, p, d]: text embedding at text positions, encoded patch at audio ones.
+  dropout_key (training) turns on the patch encoder's attention dropout."""
   text_bp, codes_bpgc = split_channels(input_ids_bcl, cfg)
   b, p, g, _ = codes_bpgc.shape
   is_audio_bp11 = (text_bp == empty_id)[:, :, None, None]
@@ -86,7 +87,7 @@ def input_embeds(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array,
   frames_bpgd = jnp.where(is_audio_bp11, frames_bpgd, 0)
   encoded_ngd, _ = stack_forward(params["input_local_transformer"],
                                  frames_bpgd.reshape(b * p, g, -1), cfg.patch_encoder,
-                                 torch_input_dtype=official_dtype)
+                                 torch_input_dtype=official_dtype, dropout_key=dropout_key)
   encoded_bpgd = jnp.where(is_audio_bp11, encoded_ngd.reshape(b, p, g, -1), 0)
   # Frame-major concatenation of the g frame vectors, as the official view(b, p, -1).
   patch_bpd = jnp.einsum("bpe,ed->bpd", encoded_bpgd.reshape(b, p, -1),
@@ -97,10 +98,12 @@ def input_embeds(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array,
 
 def forward(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array, empty_id: int, *,
             positions_bp: jax.Array | None = None,
-            segment_ids_bp: jax.Array | None = None) -> jax.Array:
+            segment_ids_bp: jax.Array | None = None,
+            dropout_key: jax.Array | None = None) -> jax.Array:
   """Backbone hidden states [b, p, d]. Row p drives the prediction of position p + 1: its text
-  token through `backbone.text_logits`, its patch through `local_cond` + the patch decoder."""
-  x_bpd = input_embeds(params, cfg, input_ids_bcl, empty_id)
+  token through `backbone.text_logits`, its patch through `local_cond` + the patch decoder.
+  dropout_key as in `input_embeds` (the backbone itself has no dropout)."""
+  x_bpd = input_embeds(params, cfg, input_ids_bcl, empty_id, dropout_key)
   hidden_bpd, _ = backbone.hidden_states(params, cfg, embeds_btd=x_bpd, positions_bt=positions_bp,
                                          segment_ids_bt=segment_ids_bp)
   return hidden_bpd
@@ -142,14 +145,17 @@ def decoder_inputs(params: dict, cfg: MimoAudioConfig, local_cond_nd: jax.Array,
 
 
 def patch_decoder_logits(params: dict, cfg: MimoAudioConfig, local_cond_nd: jax.Array,
-                         codes_ngc: jax.Array) -> list[jax.Array]:
+                         codes_ngc: jax.Array,
+                         dropout_key: jax.Array | None = None) -> list[jax.Array]:
   """Teacher-forced patch decoder: per channel, logits [n, g, v_c] (fp32) for each frame.
 
   Channel r's frame f is read at step f + delay_r. One causal pass over all steps equals the
-  official step-by-step decoding with a fresh cache per patch.
+  official step-by-step decoding with a fresh cache per patch. dropout_key (training) turns on
+  the decoder's attention dropout.
   """
   steps_nsd = decoder_inputs(params, cfg, local_cond_nd, codes_ngc)
-  out_nsd, _ = stack_forward(params["local_transformer"], steps_nsd, cfg.patch_decoder)
+  out_nsd, _ = stack_forward(params["local_transformer"], steps_nsd, cfg.patch_decoder,
+                             dropout_key=dropout_key)
   logits = []
   for head, delay in zip(params["local_transformer_lm_heads"], cfg.delay_pattern):
     out_ngd = out_nsd[:, delay:delay + cfg.group_size]

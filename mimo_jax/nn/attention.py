@@ -49,11 +49,34 @@ def attention_mask(q_pos_bt: jax.Array, kv_pos_bs: jax.Array, q_seg_bt: jax.Arra
   return mask_bts
 
 
-def attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
-           mask_bts: jax.Array) -> jax.Array:
-  """Softmax(q k^T / sqrt(h)) v with n/k query heads per kv head (HF repeat_kv grouping)."""
-  # jax.nn.dot_product_attention handles the grouping, the fp32 softmax and, on GPU, cuDNN.
-  return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None, :, :])
+def attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array, *,
+           dropout_rate: float = 0.0, dropout_key: jax.Array | None = None) -> jax.Array:
+  """Softmax(q k^T / sqrt(h)) v with n/k query heads per kv head (HF repeat_kv grouping).
+
+  With a dropout key and a positive rate, each attention probability is zeroed with that
+  probability and the others scaled by 1 / (1 - rate): PyTorch's attention dropout in training.
+  """
+  if dropout_key is None or dropout_rate == 0:
+    # jax.nn.dot_product_attention handles the grouping, the fp32 softmax and, on GPU, cuDNN.
+    return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None, :, :])
+  return _attend_with_dropout(q_btnh, k_bskh, v_bskh, mask_bts, dropout_rate, dropout_key)
+
+
+def _attend_with_dropout(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
+                         mask_bts: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+  """`attend` spelled out (jax.nn.dot_product_attention has no dropout); g indexes the query
+  heads that share a kv head."""
+  b, t, n, h = q_btnh.shape
+  n_kv = k_bskh.shape[2]
+  q_btkgh = q_btnh.reshape(b, t, n_kv, n // n_kv, h)
+  scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
+                            preferred_element_type=jnp.float32) * h ** -0.5
+  scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
+  probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1)
+  keep_bkgts = jax.random.bernoulli(key, 1 - rate, probs_bkgts.shape)
+  probs_bkgts = jnp.where(keep_bkgts, probs_bkgts / (1 - rate), 0).astype(v_bskh.dtype)
+  o_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
+  return o_btkgh.reshape(b, t, n, h)
 
 
 def self_attend(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, positions_bt: jax.Array,

@@ -90,7 +90,8 @@ def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
                   positions_bt: jax.Array | None = None,
                   segment_ids_bt: jax.Array | None = None,
                   cache: KVCache | None = None,
-                  torch_input_dtype=None) -> tuple[jax.Array, KVCache | None]:
+                  torch_input_dtype=None,
+                  dropout_key: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
   """Runs the stack over x_btd; returns the final-normed hidden states and the updated cache.
 
   positions default to 0..t-1 and segment ids to 1 (one sequence per row). With a cache, the t
@@ -102,6 +103,9 @@ def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
   inputs of that narrower dtype, as the official patch encoder is: the RoPE tables and the first
   layer's normalised input are rounded to it; after the first residual add PyTorch's promotion
   makes everything cfg.dtype again.
+
+  dropout_key (training only) turns on cfg.attention_dropout, a key per layer; without one the
+  stack is deterministic (evaluation, generation).
   """
   b, t, _ = x_btd.shape
   dtype = jnp.dtype(cfg.dtype)
@@ -125,6 +129,19 @@ def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
     mask_bts = attention_mask(positions_bt, kv_pos_bs, segment_ids_bt, kv_seg_bs,
                               causal=cfg.causal)
     attn_fn = lambda q_btnh, k_bskh, v_bskh: attend(q_btnh, k_bskh, v_bskh, mask_bts)
+  layer_keys = None
+  if dropout_key is not None and cfg.attention_dropout > 0:
+    if cache is not None or cfg.attention != "xla":
+      raise ValueError(f"stack_forward: attention dropout needs attention='xla' and no KV cache "
+                       f"(got attention={cfg.attention!r}, cache={cache is not None})")
+    layer_keys = jax.random.split(dropout_key, cfg.n_layers)
+
+  def layer_attn(key):
+    if key is None:
+      return attn_fn
+    return lambda q_btnh, k_bskh, v_bskh: attend(q_btnh, k_bskh, v_bskh, mask_bts,
+                                                 dropout_rate=cfg.attention_dropout,
+                                                 dropout_key=key)
 
   cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype), tree)
   layers = params["layers"]
@@ -133,19 +150,21 @@ def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
       raise ValueError("stack_forward: torch_input_dtype emulation does not support a KV cache")
     cos_bth, sin_bth = (t.astype(torch_input_dtype).astype(jnp.float32)
                         for t in (cos_bth, sin_bth))
-    first = cast(jax.tree.map(lambda w: w[0], layers))
-    x_btd, _ = _layer(cfg, first, x_btd, cos_bth, sin_bth, attn_fn, None, None,
+    first = lambda tree: jax.tree.map(lambda w: w[0], tree)
+    rest = lambda tree: jax.tree.map(lambda w: w[1:], tree)
+    x_btd, _ = _layer(cfg, cast(first(layers)), x_btd, cos_bth, sin_bth,
+                      layer_attn(first(layer_keys)), None, None,
                       input_normed_dtype=torch_input_dtype)
-    layers = jax.tree.map(lambda w: w[1:], layers)
+    layers, layer_keys = rest(layers), rest(layer_keys)
 
   def body(x_btd, xs):
-    layer, kv_cache = xs
-    return _layer(cfg, cast(layer), x_btd, cos_bth, sin_bth, attn_fn, kv_cache, index)
+    layer, kv_cache, key = xs
+    return _layer(cfg, cast(layer), x_btd, cos_bth, sin_bth, layer_attn(key), kv_cache, index)
 
   if cfg.remat_policy != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
   kv_in = None if cache is None else (cache.k_lbskh, cache.v_lbskh)
-  x_btd, kv_out = jax.lax.scan(body, x_btd, (layers, kv_in))
+  x_btd, kv_out = jax.lax.scan(body, x_btd, (layers, kv_in, layer_keys))
   if cache is not None:
     cache = cache._replace(k_lbskh=kv_out[0], v_lbskh=kv_out[1], index=cache.index + t)
   return rms_norm(x_btd, params["norm"]["scale"].astype(dtype), cfg.norm_eps), cache

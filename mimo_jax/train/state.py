@@ -5,8 +5,8 @@ state = {
   "params":        the speech LM's parameters (param_dtype, fp32 master weights by default)
   "lora":          LoRA adapters (only with train.lora.rank > 0)
   "opt_state":     optimizer state over the trainable tree (frozen groups have none)
-  "rng":           uint32 [2]  the run's base key data (for stochastic layers; the current model
-                               has none, so no step consumes it yet)
+  "rng":           uint32 [2]  the run's base key data; step s draws its dropout (the local
+                               stacks' attention dropout) from fold_in(rng, s)
   "bad_steps":     int32 []   non-finite steps in a row (the NaN guard)
   "skipped_steps": int32 []   non-finite steps in total
 }

@@ -67,34 +67,38 @@ def _micro_batches(batch: dict, k: int) -> dict:
 
 
 def loss_and_grads(setup: TrainSetup, trainable: dict, frozen_params: dict, batch: dict,
-                   empty_id: int) -> tuple[jax.Array, dict, dict]:
-  """Mean loss, mean metrics and mean gradients over `grad_accum_steps` micro-batches."""
-  def one(trainable, micro):
+                   empty_id: int, dropout_key: jax.Array) -> tuple[jax.Array, dict, dict]:
+  """Mean loss, mean metrics and mean gradients over `grad_accum_steps` micro-batches (each
+  with its own dropout key)."""
+  def one(trainable, micro, key):
     def f(t):
       return lm_loss.loss(_model_params(setup, t, frozen_params), setup.model, setup.loss, micro,
-                          empty_id)
+                          empty_id, dropout_key=key)
     (total, metrics), grads = jax.value_and_grad(f, has_aux=True)(trainable)
     return total, metrics, grads
 
   k = setup.grad_accum_steps
   if k == 1:
-    return one(trainable, batch)
+    return one(trainable, batch, dropout_key)
 
-  def body(carry, micro):
-    total, metrics, grads = one(trainable, micro)
+  def body(carry, xs):
+    total, metrics, grads = one(trainable, *xs)
     return jax.tree.map(jnp.add, carry, (total, metrics, grads)), None
 
+  xs = (_micro_batches(batch, k), jax.random.split(dropout_key, k))
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                       jax.eval_shape(one, trainable, jax.tree.map(lambda x: x[0],
-                                                                   _micro_batches(batch, k))))
-  sums, _ = jax.lax.scan(body, zeros, _micro_batches(batch, k))
+                       jax.eval_shape(one, trainable, *jax.tree.map(lambda x: x[0], xs)))
+  sums, _ = jax.lax.scan(body, zeros, xs)
   return jax.tree.map(lambda x: x / k, sums)
 
 
 def train_step(setup: TrainSetup, tx: optax.GradientTransformation, empty_id: int,
                state: dict, batch: dict) -> tuple[dict, dict]:
   trainable = setup.trainable(state)
-  total, metrics, grads = loss_and_grads(setup, trainable, state["params"], batch, empty_id)
+  # A fresh key per step from the run's key and the step count: a resumed run draws the same.
+  dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+  total, metrics, grads = loss_and_grads(setup, trainable, state["params"], batch, empty_id,
+                                         dropout_key)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
 

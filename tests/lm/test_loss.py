@@ -171,3 +171,28 @@ def test_tiny_model_overfits_one_interleaved_batch():
   for name in ["text_loss"] + [f"audio_loss_c{ch}" for ch in range(8)]:
     assert metrics[name] < 0.05, (name, float(metrics[name]))
   assert metrics["text_acc"] == 1 and metrics["empty_acc"] == 1
+
+
+def test_local_attention_dropout_needs_a_key_and_follows_it():
+  cfg = config.tiny()
+  assert cfg.local_attn_dropout == 0.1  # the official value
+  params = random_params(model.param_specs(cfg))
+  batch = {"input_ids": _interleaved_batch(cfg, np.random.RandomState(1), n_positions=8)}
+
+  def metrics(model_cfg):
+    return jax.jit(lambda p, k: loss.loss(p, model_cfg, LossConfig("generation"), batch,
+                                          EMPTY_ID, dropout_key=k)[1])
+
+  official = metrics(cfg)
+  run = lambda seed: {name: np.asarray(v) for name, v in official(params, jax.random.key(seed))
+                      .items()}
+  first, again, other = run(0), run(0), run(1)
+  deterministic = official(params, None)  # evaluation: no key
+  for name in ("text_loss", "audio_loss_c0", "audio_loss_c7"):
+    assert first[name] == again[name], name  # the same key: the same draw
+    assert first[name] != other[name], name  # encoder dropout reaches the text loss too
+    assert first[name] != deterministic[name], name
+  # Rate 0 with a key equals the computation without dropout exactly.
+  rate_zero = metrics(cfg.replace(local_attn_dropout=0.0))(params, jax.random.key(0))
+  for name, value in deterministic.items():
+    np.testing.assert_array_equal(rate_zero[name], value, err_msg=name)

@@ -92,11 +92,30 @@ def test_accumulated_loss_is_the_mean_over_micro_batches(built):
   state = create_state(setup, jax.random.key(1), mesh)
   params = lora.merge(host(state["params"]), host(state["lora"]), 2, cfg.train.lora.alpha)
   micro = [{k: np.asarray(v)[i::2] for k, v in batches[0].items()} for i in range(2)]
-  forward = jax.jit(lambda p, b: lm_loss.loss(p, setup.model, setup.loss, b,
-                                              cfg.data.empty_id)[0])
-  want = np.mean([forward(params, b) for b in micro])
+  # Step 0's dropout key (the run's key folded with the step), one split per micro-batch.
+  keys = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 0), 2)
+  forward = jax.jit(lambda p, b, k: lm_loss.loss(p, setup.model, setup.loss, b,
+                                                 cfg.data.empty_id, dropout_key=k)[0])
+  want = np.mean([forward(params, b, k) for b, k in zip(micro, keys)])
   _, m = train_step.fn(state, batches[0])
   np.testing.assert_allclose(m["loss"], want, atol=1e-5, rtol=0)
+
+
+def test_dropout_draws_follow_the_state_rng_and_step(built):
+  cfg, mesh, setup, train_step, batches = built
+  assert setup.model.local_attn_dropout > 0  # the patch encoder trains in phase 1
+
+  def loss_of(rng_seed=2, step=0):
+    state = create_state(setup, jax.random.key(2), mesh)  # the same params and adapters
+    state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(rng_seed)),
+                                  state["rng"].sharding)
+    state["step"] = jax.device_put(np.int32(step), state["step"].sharding)
+    return float(train_step.fn(state, batches[0])[1]["loss"])
+
+  first = loss_of()
+  assert loss_of() == first  # a resumed run (same key, same step) draws the same
+  assert loss_of(rng_seed=3) != first
+  assert loss_of(step=1) != first  # a fresh draw every step
 
 
 def test_loop_stops_with_a_checkpoint_after_k_non_finite_steps(built, tmp_path):
