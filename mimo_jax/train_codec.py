@@ -6,30 +6,38 @@
   --workdir     run folder; one that already holds a checkpoint is resumed from its latest
   --mesh        overrides config.mesh (e.g. data:1,fsdp:-1,tensor:1)
 
-Stage 1 trains encoder + decoder with EMA codebooks (`codec.train_step.make_stage1_step`);
-stage 2 freezes encoder + RVQ and trains decoder + vocoder against the discriminators. A fresh
-run starts from `config.init_from`: an official tokenizer folder (config.json +
-model.safetensors), a codec run's workdir (its `export/` folder of final weights), or nothing
-(random weights; the RVQ is k-means initialised on the first batch).
+Stage 1 trains encoder + decoder with EMA codebooks (`codec.train_step.make_stage1_step`) and,
+when config.loss.a2t > 0, the audio-to-text auxiliary decoder (`codec.a2t`, sized by config.a2t)
+on the manifest's transcripts, tokenised with the text tokenizer at config.a2t.tokenizer (a
+tokenizer.json or its folder); A2T needs data.whole_clips, since a transcript covers its whole
+clip. The auxiliary decoder is checkpointed with the run but never exported. Stage 2 freezes
+encoder + RVQ and trains decoder + vocoder against the discriminators. A fresh run starts from
+`config.init_from`: an official tokenizer folder (config.json + model.safetensors), a codec run's
+workdir (its `export/` folder of final weights), or nothing (random weights; the RVQ is k-means
+initialised on the first batch).
 
 The workdir holds:
   checkpoints/<step>/{state,data}   Orbax: the whole training state (codec, EMA buffers,
-                                    optimizer, discriminators and their optimizer) and the Grain
-                                    iterator position; resuming continues bit for bit
+                                    optimizer, discriminators and their optimizer, the A2T
+                                    auxiliary decoder) and the Grain iterator position;
+                                    resuming continues bit for bit
   codec_config.json                 the codec's official config.json
   metrics.jsonl                     one row per step (losses, per-stage perplexity / usage /
                                     dead codes replaced, grad norms, step time)
   tensorboard/                      the same scalars every `log_every` steps
-  export/                           official tokenizer folder of the final weights
+  export/                           official tokenizer folder of the final weights (the
+                                    codec only: never the A2T auxiliary decoder)
 
 SIGTERM (preemption) saves a checkpoint after the step in flight and exits 0, as the LM trainer
 does (`mimo_jax.train.preemption`: a wait for data is cut short, a process stuck in a compile is
 ended with status 143 after the grace period).
 
 Data: a JSONL manifest (`mimo_jax.data.manifest`); random crops of `crop_seconds` from each clip
-(zero-padded with their valid length when shorter), shuffled, repeated, batched by Grain.
-Unusable clips are skipped and counted by reason: up front from the manifest's durations, and at
-load time (`skipped_clips` in the metrics, the reasons in the log).
+(zero-padded with their valid length when shorter), or with data.whole_clips each clip whole from
+its start, zero-padded to `crop_seconds` (longer clips are skipped as too_long); shuffled,
+repeated, batched by Grain. Unusable clips are skipped and counted by reason: up front from the
+manifest's durations and, with A2T, transcripts (no_text, text_too_long), and at load time
+(`skipped_clips` in the metrics, the reasons in the log).
 """
 
 from __future__ import annotations
@@ -52,10 +60,11 @@ from ml_collections import config_flags
 from mimo_jax import sharding
 from mimo_jax.codec import checkpoint as codec_checkpoint
 from mimo_jax.codec import config as codec_config
-from mimo_jax.codec import discriminators, rvq_train, train_step
+from mimo_jax.codec import a2t, discriminators, rvq_train, train_step
 from mimo_jax.codec.api import AudioError
 from mimo_jax.data import audio as data_audio
 from mimo_jax.data import manifest
+from mimo_jax.data.tokenizer import TextTokenizer, TokenizerError
 from mimo_jax.nn.params import init_params, logical_axes
 from mimo_jax.train.checkpoint import Checkpointer, abstract_like, quiet_orbax_logs
 from mimo_jax.train.metrics import truncate_jsonl
@@ -63,6 +72,9 @@ from mimo_jax.train.preemption import EXIT_STUCK, GRACE_S, Preempted, Preemption
 
 CHECKPOINT_DIR = "checkpoints"
 STATE = "state"
+# Skip reasons of the A2T transcripts.
+NO_TEXT = "no_text"
+TEXT_TOO_LONG = "text_too_long"
 
 
 class CodecTrainError(ValueError):
@@ -90,6 +102,24 @@ def weights_from(config) -> train_step.LossWeights:
   return train_step.LossWeights(**config.loss.to_dict())
 
 
+def text_tokenizer(config) -> TextTokenizer:
+  try:
+    return TextTokenizer.load(config.a2t.tokenizer)
+  except TokenizerError as e:
+    raise CodecTrainError(f"config.a2t.tokenizer: {e}") from None
+
+
+def a2t_from(config) -> a2t.A2TConfig | None:
+  """The auxiliary decoder's config when A2T is on (config.loss.a2t > 0), else None."""
+  if config.loss.a2t <= 0:
+    return None
+  tokenizer = text_tokenizer(config)
+  return a2t.A2TConfig(vocab_size=tokenizer.vocab_size,
+                       end_id=tokenizer.token_to_id("<|endoftext|>"),
+                       max_text_tokens=config.a2t.max_text_tokens, d_model=config.a2t.d_model,
+                       n_layers=config.a2t.layers, n_heads=config.a2t.heads, d_ff=config.a2t.d_ff)
+
+
 def optimizer_from(opt: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
   """Clipped AdamW with linear warm-up and cosine decay to end_lr_ratio * lr."""
   schedule = optax.warmup_cosine_decay_schedule(
@@ -111,9 +141,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.stage == 1 or bool(config.init_from), "init_from",
        "stage 2 fine-tunes a trained codec: give an official tokenizer folder or a stage-1 "
        "workdir")
+  need(config.loss.a2t >= 0, "loss.a2t", f"must be >= 0 (0: no A2T), got {config.loss.a2t}")
+  if config.loss.a2t > 0:
+    need(config.stage == 1, "loss.a2t", "A2T trains the encoder: stage 1 only (spec §1.6)")
+    need(config.data.whole_clips, "data.whole_clips",
+         "A2T needs whole clips (a transcript covers its whole clip, not a random crop)")
+    need(bool(config.a2t.tokenizer), "a2t.tokenizer",
+         "A2T needs the text tokenizer (a tokenizer.json or its folder)")
 
 
 # --- data --------------------------------------------------------------------------------------
+
+def crop_samples(config, cfg: codec_config.CodecConfig) -> int:
+  """Samples per batch row: crop_seconds in whole 25 Hz frames."""
+  crop = int(round(config.data.crop_seconds * cfg.sampling_rate))
+  crop -= crop % cfg.samples_per_frame
+  if crop < cfg.samples_per_frame:
+    raise CodecTrainError(f"config.data.crop_seconds: {config.data.crop_seconds} s is shorter "
+                          f"than one codec frame")
+  return crop
+
+
+def audio_limits(config, cfg: codec_config.CodecConfig) -> data_audio.AudioLimits:
+  """The usable clip durations; whole clips must also fit in a batch row."""
+  longest = config.data.max_seconds
+  if config.data.whole_clips:
+    longest = min(longest, crop_samples(config, cfg) / cfg.sampling_rate)
+  return data_audio.AudioLimits(min_seconds=config.data.min_seconds, max_seconds=longest)
+
+
+def text_targets(records: list[manifest.Record], tokenizer: TextTokenizer, cfg: a2t.A2TConfig,
+                 skips: manifest.Skips) -> dict[str, tuple[np.ndarray, int]]:
+  """Record key -> its A2T batch row (`a2t.target_ids`) for the records with a usable
+  transcript; the others are counted in `skips` (no_text, text_too_long)."""
+  targets = {}
+  for record in records:
+    ids = tokenizer.encode(record.text, special=False)
+    if not len(ids):
+      skips.add(NO_TEXT, record.audio, "no transcript ('text') in the manifest")
+    elif len(ids) > cfg.max_text_tokens:
+      skips.add(TEXT_TOO_LONG, record.audio, f"{len(ids)} text tokens > config.a2t."
+                f"max_text_tokens {cfg.max_text_tokens}")
+    else:
+      targets[record.key] = a2t.target_ids(cfg, ids)
+  return targets
+
 
 def usable_records(path: str,
                    limits: data_audio.AudioLimits) -> tuple[list[manifest.Record], manifest.Skips]:
@@ -133,14 +205,18 @@ def usable_records(path: str,
 
 class LoadCrop(grain.transforms.RandomMap):
   """Record -> {"wav": [crop] float32, "lengths": int32}, or None if the clip cannot be used.
+  With `whole` the clip is taken from its start (it fits: see `audio_limits`); with `targets`
+  (A2T) the row also carries the record's "text" and "text_lengths".
 
   Refused clips are counted by reason in `skips` (the transform runs in this process); if every
   clip of the manifest in a row fails, the data cannot feed training and CodecTrainError says so.
   """
 
   def __init__(self, cfg: codec_config.CodecConfig, crop: int, limits: data_audio.AudioLimits,
-               n_records: int):
+               n_records: int, whole: bool = False,
+               targets: dict[str, tuple[np.ndarray, int]] | None = None):
     self.cfg, self.crop, self.limits, self.n_records = cfg, crop, limits, n_records
+    self.whole, self.targets = whole, targets
     self.skips = manifest.Skips()
     self._failures_in_a_row = 0
 
@@ -155,28 +231,28 @@ class LoadCrop(grain.transforms.RandomMap):
                               f"be loaded: {dict(self.skips.counts)}") from None
       return None
     self._failures_in_a_row = 0
-    start = int(rng.integers(0, max(len(wav) - self.crop, 0) + 1))
+    start = 0 if self.whole else int(rng.integers(0, max(len(wav) - self.crop, 0) + 1))
     piece = wav[start:start + self.crop]
     out = np.zeros((self.crop,), np.float32)
     out[:len(piece)] = piece
-    return {"wav": out, "lengths": np.int32(len(piece))}
+    row = {"wav": out, "lengths": np.int32(len(piece))}
+    if self.targets is not None:
+      text, count = self.targets[record.key]
+      row.update(text=text, text_lengths=np.int32(count))
+    return row
 
 
-def make_iterator(config, cfg: codec_config.CodecConfig, records: list[manifest.Record]):
-  """Grain iterator of per-process batches {"wav": [b_local, crop], "lengths": [b_local]} and
-  its loading transform (whose `skips` count the clips refused so far)."""
+def make_iterator(config, cfg: codec_config.CodecConfig, records: list[manifest.Record],
+                  targets: dict[str, tuple[np.ndarray, int]] | None = None):
+  """Grain iterator of per-process batches {"wav": [b_local, crop], "lengths": [b_local]} (with
+  `targets`, also "text" [b_local, n] and "text_lengths" [b_local]) and its loading transform
+  (whose `skips` count the clips refused so far)."""
   n_proc = jax.process_count()
   if config.data.batch_size % n_proc:
     raise CodecTrainError(f"config.data.batch_size: {config.data.batch_size} does not split "
                           f"over {n_proc} processes")
-  crop = int(round(config.data.crop_seconds * cfg.sampling_rate))
-  crop -= crop % cfg.samples_per_frame  # whole 25 Hz frames
-  if crop < cfg.samples_per_frame:
-    raise CodecTrainError(f"config.data.crop_seconds: {config.data.crop_seconds} s is shorter "
-                          f"than one codec frame")
-  limits = data_audio.AudioLimits(min_seconds=config.data.min_seconds,
-                                  max_seconds=config.data.max_seconds)
-  loader = LoadCrop(cfg, crop, limits, len(records))
+  loader = LoadCrop(cfg, crop_samples(config, cfg), audio_limits(config, cfg), len(records),
+                    config.data.whole_clips, targets)
   dataset = (grain.MapDataset.source(records).seed(config.seed).shuffle().repeat()
              [jax.process_index()::n_proc].to_iter_dataset()
              .random_map(loader, seed=config.seed)
@@ -195,9 +271,17 @@ def _compiled_step(config_json: str):
   cfg = codec_from(config)
   tx = optimizer_from(config.optimizer, config.steps)
   if config.stage == 1:
+    a2t_cfg = a2t_from(config)
     step = train_step.make_stage1_step(cfg, ema_from(config, cfg), tx, weights_from(config),
-                                       config.seed)
-    return step, jax.jit(lambda codec: train_step.init_stage1(codec, tx))
+                                       config.seed, a2t_cfg)
+
+    def init(codec):
+      if a2t_cfg is None:
+        return train_step.init_stage1(codec, tx)
+      aux = init_params(a2t.a2t_specs(a2t_cfg, cfg.d_model), jax.random.key(config.seed + 2))
+      return train_step.init_stage1(codec, tx, aux)
+
+    return step, jax.jit(init)
   disc_tx = optax.chain(optax.clip_by_global_norm(config.disc.clip),
                         optax.adam(config.disc.lr, b1=config.disc.b1, b2=config.disc.b2))
   dcfg = disc_from(config)
@@ -243,7 +327,7 @@ def initial_state(config, cfg, mesh) -> dict:
 
 
 def _config_key(config) -> str:
-  keys = ("codec", "rvq", "loss", "optimizer", "disc", "stage", "steps", "seed")
+  keys = ("codec", "rvq", "loss", "a2t", "optimizer", "disc", "stage", "steps", "seed")
   return json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
                      for k in keys}, sort_keys=True)
 
@@ -296,14 +380,19 @@ def _train(config, workdir: str, stop_after: int | None, devices: list | None,
                           f"over the {rows_split} data-parallel devices of mesh {config.mesh}")
   os.makedirs(workdir, exist_ok=True)
   codec_config.save_codec_config(cfg, os.path.join(workdir, "codec_config.json"))
-  records, skips = usable_records(config.data.manifest, data_audio.AudioLimits(
-      min_seconds=config.data.min_seconds, max_seconds=config.data.max_seconds))
+  records, skips = usable_records(config.data.manifest, audio_limits(config, cfg))
+  targets, a2t_cfg = None, a2t_from(config)
+  if a2t_cfg is not None:
+    targets = text_targets(records, text_tokenizer(config), a2t_cfg, skips)
+    records = [r for r in records if r.key in targets]
   if skips.total:
     logging.warning("manifest %s: skipped %d record(s): %s", config.data.manifest, skips.total,
                     dict(skips.counts))
   if not records:
-    raise CodecTrainError(f"config.data.manifest: no usable audio in {config.data.manifest}")
-  iterator, loader = make_iterator(config, cfg, records)
+    what = "audio" if targets is None else "audio with a transcript"
+    raise CodecTrainError(f"config.data.manifest: no usable {what} in {config.data.manifest}: "
+                          f"skipped {dict(skips.counts)}")
+  iterator, loader = make_iterator(config, cfg, records, targets)
   step_fn, _ = _compiled_step(_config_key(config))
 
   with jax.set_mesh(mesh):
@@ -324,8 +413,8 @@ def _train(config, workdir: str, stop_after: int | None, devices: list | None,
     if config.tensorboard and jax.process_index() == 0:
       from tensorboardX import SummaryWriter
       writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    wav_sharding = jax.NamedSharding(mesh, sharding.logical_to_spec(("batch", None)))
-    len_sharding = jax.NamedSharding(mesh, sharding.logical_to_spec(("batch",)))
+    row_sharding = {rank: jax.NamedSharding(mesh, sharding.logical_to_spec(
+        ("batch",) + (None,) * (rank - 1))) for rank in (1, 2)}
     rows, t_start, end = [], time.perf_counter(), config.steps
     if stop_after is not None:
       end = min(end, stop_after)
@@ -336,9 +425,8 @@ def _train(config, workdir: str, stop_after: int | None, devices: list | None,
         if local is None:
           reason = "preempted"
           break
-        batch = {"wav": jax.make_array_from_process_local_data(wav_sharding, local["wav"]),
-                 "lengths": jax.make_array_from_process_local_data(len_sharding,
-                                                                   local["lengths"])}
+        batch = {name: jax.make_array_from_process_local_data(row_sharding[value.ndim], value)
+                 for name, value in local.items()}
         t0 = time.perf_counter()
         state, metrics = step_fn(state, batch)
         row = flatten_metrics(jax.device_get(metrics))
@@ -382,7 +470,8 @@ def _log(row, total, start, t_start, writer) -> None:
   rate = done / max(time.perf_counter() - t_start, 1e-9)
   usage = " ".join(f"{row[k]:.2f}" for k in sorted(row) if k.startswith("usage/"))
   perplexity = " ".join(f"{row[k]:.0f}" for k in sorted(row) if k.startswith("perplexity/"))
-  extra = "".join(f" {k} {row[k]:.4f}" for k in ("commit", "adv", "fm", "disc_loss") if k in row)
+  extra = "".join(f" {k} {row[k]:.4f}" for k in ("commit", "a2t", "adv", "fm", "disc_loss")
+                  if k in row)
   logging.info("step %d/%d loss %.4f mel %.4f%s | usage %s | perplexity %s | replaced %d | "
                "%.2f steps/s | ETA %.0f s", row["step"], total, row["loss"], row["mel"], extra,
                usage, perplexity, sum(v for k, v in row.items() if k.startswith("replaced/")),
