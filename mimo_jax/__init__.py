@@ -19,9 +19,11 @@ Which package owns what:
                            generation and samplers
   data/                    text tokenizer, corpus, manifests, audio checks, pre-tokenisation,
                            task templates, packing, Grain pipelines
-  train/                   what runs and keeps a training job: state, optimizer, step, the loop
-                           (resume, SIGTERM, NaN guard, metrics), Orbax checkpoints, run.json,
-                           and `run_dir`, the one reader of run directories and official folders
+  train/                   what runs and keeps a training job: the one loop (resume, SIGTERM,
+                           non-finite guard, metrics, Orbax checkpoints, run.json) with its two
+                           jobs, the speech LM's (state, optimizer, step) and the codec's
+                           (`train.codec`, over codec/'s steps); and `run_dir`, the one reader
+                           of run directories and official folders
   convert/                 our param trees <-> official / HF safetensors, both ways
   eval/                    metrics, judges and task runners behind `evaluate`
   plan/                    AOT compile and memory / speed report for a TPU topology

@@ -2,7 +2,7 @@
 
 1. Synthesises a training corpus with espeak-ng (`mimo_jax.data.corpus`, English voices).
 2. Trains stage 1 (`experiments/configs/codec_tiny.py`, one CPU device) for --steps steps with
-   `mimo_jax.train_codec.train`; records the multi-scale mel loss at the start and the end, each
+   `mimo_jax.train.codec.train`; records the multi-scale mel loss at the start and the end, each
    stage's codebook usage and perplexity, the dead codes replaced, and steps/s (median step time
    after the first, compiling, step).
 3. Reconstructs utterances of held-out espeak-ng voices (none of them in the training corpus)
@@ -34,10 +34,10 @@ import benchlib  # noqa: E402
 
 from absl import flags  # noqa: E402
 
-from mimo_jax import train_codec  # noqa: E402
 from mimo_jax.data import corpus  # noqa: E402
 from mimo_jax.eval import codec as codec_eval  # noqa: E402
-from mimo_jax.train import run_dir  # noqa: E402
+from mimo_jax.train import codec as codec_train  # noqa: E402
+from mimo_jax.train import metrics, run_dir  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 RESULTS_DIR = os.path.join(ROOT, "experiments", "results")
@@ -74,6 +74,10 @@ def _phase(name: str, fn):
   return out, load
 
 
+def _rows(workdir: str) -> list[dict]:
+  return metrics.read_jsonl(os.path.join(workdir, metrics.METRICS_FILE))
+
+
 def _rate(rows: list[dict]) -> dict:
   times = [r["step_time_s"] for r in rows[1:]]
   return {"first_step_s": rows[0]["step_time_s"], "median_step_s": statistics.median(times),
@@ -100,10 +104,10 @@ def main() -> None:
   config.tensorboard = False
   stage1_dir = os.path.join(work, "stage1")
   devices = jax.devices()[:1]
-  result, train_load = _phase("stage 1", lambda: train_codec.train(config, stage1_dir,
-                                                                   devices=devices))
-  rows = result.rows
-  n_q = train_codec.codec_from(config).num_quantizers
+  _, train_load = _phase("stage 1", lambda: codec_train.train(config, stage1_dir,
+                                                              devices=devices))
+  rows = _rows(stage1_dir)
+  n_q = codec_train.codec_from(config).num_quantizers
   window = min(10, len(rows) // 4)
   stage1 = {
       "steps": len(rows), "load": train_load, **_rate(rows),
@@ -114,7 +118,7 @@ def main() -> None:
                      for q in range(n_q)],
       "perplexity_last": [float(np.mean([r[f"perplexity/q{q}"] for r in rows[-window:]]))
                           for q in range(n_q)],
-      "codebook_sizes": list(train_codec.codec_from(config).codebook_sizes),
+      "codebook_sizes": list(codec_train.codec_from(config).codebook_sizes),
       "replaced_total": [float(sum(r[f"replaced/q{q}"] for r in rows)) for q in range(n_q)],
       "commit_last": float(np.mean([r["commit"] for r in rows[-window:]])),
   }
@@ -141,9 +145,9 @@ def main() -> None:
     config2.data.manifest = manifest
     config2.update(stage=2, init_from=stage1_dir, steps=args.stage2_steps, tensorboard=False,
                    export=False)
-    result2, load2 = _phase("stage 2", lambda: train_codec.train(
+    _, load2 = _phase("stage 2", lambda: codec_train.train(
         config2, os.path.join(work, "stage2"), devices=devices))
-    rows2 = result2.rows
+    rows2 = _rows(os.path.join(work, "stage2"))
     stage2 = {"steps": len(rows2), "load": load2, **_rate(rows2),
               **{f"{k}_first": rows2[0][k] for k in ("mel", "adv", "fm", "disc_loss")},
               **{f"{k}_last": rows2[-1][k] for k in ("mel", "adv", "fm", "disc_loss")}}

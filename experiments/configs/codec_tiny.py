@@ -59,6 +59,9 @@ def get_config():
   c.log_every = 10
   c.checkpoint_every = 50
   c.keep_checkpoints = 2
+  # Non-finite steps (loss or gradient norm) in a row after which the run stops, with a
+  # checkpoint of the last good state (each such step's update is skipped).
+  c.max_bad_steps = 5
   c.tensorboard = True
   c.export = True
   return c

@@ -29,7 +29,7 @@ up, or stuck; see mimo_jax/train/preemption.py): its latest checkpoint stands.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from mimo_jax.train import multihost
@@ -75,7 +75,6 @@ def main(argv):
   from mimo_jax.data.packing import SkipError
   from mimo_jax.sharding import MeshError
   from mimo_jax.train.checkpoint import CheckpointError
-  from mimo_jax.train.preemption import EXIT_STUCK, Preempted
   from mimo_jax.train import export, loop, run_dir
   tokenizer = None
   try:
@@ -87,25 +86,10 @@ def main(argv):
   except (ConfigError, CheckpointPathError, TokenizerError) as e:
     print(f"error: --export_dir: {e}", file=sys.stderr)
     sys.exit(2)
-  try:
-    result = loop.train(f.config, f.workdir, mesh_flag=f.mesh,
-                        init_from=f.init_from, force_resume=f.force_resume)
-  except (ConfigError, MeshError, CheckpointError, SkipError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except Preempted:
-    message = (f"SIGTERM before the run could save; the latest checkpoint in {f.workdir} "
-               f"stands")
-    logging.warning("%s", message)
-    print(message, file=sys.stderr)
-    sys.exit(EXIT_STUCK)
-  except loop.NonFiniteError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  print(f"{result.reason} at step {result.step}; checkpoint {result.checkpoint_step} in "
-        f"{f.workdir}")
+  result = loop.command_result(
+      lambda: loop.train(f.config, f.workdir, mesh_flag=f.mesh, init_from=f.init_from,
+                         force_resume=f.force_resume),
+      f.workdir, (ConfigError, MeshError, CheckpointError, SkipError))
   if f.export_dir and result.reason == "finished":
     files = export.export(result.state, result.setup, f.export_dir,
                           dtype=f.export_dtype, tokenizer=tokenizer,

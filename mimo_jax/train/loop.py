@@ -1,14 +1,20 @@
 """The training loop: start or resume, step, log, checkpoint, stop cleanly on SIGTERM.
 
-`train(cfg, workdir)` is what `python -m mimo_jax.train` runs. The run's directory holds:
+One loop serves every model (`run`): a `Job` hands it what is trained (a jitted step, the
+abstract and the fresh state, how the state splits into checkpoint items, the run.json record
+and how the console summarises a step), and the loop owns the rest: resume, the Grain iterator's
+position, Orbax checkpoints (every N steps, the last K kept, on SIGTERM), metrics (console with
+ETA, JSONL, TensorBoard, PNG) and the non-finite guard's stop. `train(cfg, workdir)` is the
+speech LM's job (`python -m mimo_jax.train`); `mimo_jax.train.codec` is the codec's. The run's
+directory holds:
 
-  workdir/checkpoints/<step>/{params,train,data}   Orbax (params, the rest of the state, and
-                                                   each process's Grain iterator position)
-  and in the log dir (config.log.dir, default the workdir; local or gs://, every path goes
-  through etils.epath; remote logs are uploaded at every checkpoint and at the end):
-  run.json            the resolved config, the model config the params have (preset or
-                      imported), optimizer and loss settings; a resume that would change the
-                      model, the data stream or the optimizer state is refused
+  workdir/checkpoints/<step>/<items>,data   Orbax: the state's items (the LM's params and train,
+                                            the codec's state) and each process's Grain iterator
+                                            position
+  and in the log dir (the LM's config.log.dir, default the workdir; local or gs://, every path
+  goes through etils.epath; remote logs are uploaded at every checkpoint and at the end):
+  run.json            the resolved config and the model the params have; an LM resume that
+                      would change the model, the data stream or the optimizer state is refused
                       (mimo_jax.train.run_json)
   metrics.jsonl       one row per step (losses, accuracies, LRs, grad and param norms, timing)
   tensorboard/        TensorBoard event files
@@ -16,15 +22,19 @@
 
 A directory that already holds a checkpoint is resumed from its latest one: the state and the
 data iterator continue exactly (bitwise on CPU), on the same or a different mesh. Otherwise the
-state starts from `init_from` (an Orbax checkpoint of another run, whose params alone are taken,
-e.g. phase 2 from phase 1; or an official MiMo-Audio safetensors folder) or from random weights.
+job's fresh state is taken: for the LM from `init_from` (an Orbax checkpoint of another run,
+whose params alone are taken, e.g. phase 2 from phase 1; or an official MiMo-Audio safetensors
+folder) or from random weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -33,11 +43,12 @@ from etils import epath
 
 from mimo_jax import sharding
 from mimo_jax.config import ConfigError, MimoAudioConfig
+from mimo_jax.data.pipeline import TrainIterator
 from mimo_jax.lm import flops as lm_flops
 from mimo_jax.train import config as train_config
 from mimo_jax.train import data, metrics, run_dir, run_json
 from mimo_jax.train.checkpoint import Checkpointer
-from mimo_jax.train.preemption import Preemption
+from mimo_jax.train.preemption import EXIT_STUCK, Preempted, Preemption
 from mimo_jax.train.run_dir import CHECKPOINT_DIR, join_state, split_state
 from mimo_jax.train.state import TrainSetup, create_state
 from mimo_jax.train.step import TrainStep, check_batch, make_train_step
@@ -45,22 +56,57 @@ from mimo_jax.train.step import TrainStep, check_batch, make_train_step
 METRICS_FILE = metrics.METRICS_FILE
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """What the loop trains: the model side of one run."""
+
+  name: str  # in the log: the LM's phase, "codec stage 1", ...
+  batch: str  # in the log: the batch's shape in words
+  mesh: jax.sharding.Mesh
+  # Jitted (state, global batch) -> (state, metrics). The state counts its steps in "step" and
+  # the non-finite steps in a row (whose update was skipped) in "bad_steps".
+  step: Callable[[dict, dict], tuple[dict, Any]]
+  # ShapeDtypeStructs sharded on this run's mesh: what a resume restores into.
+  abstract_state: Callable[[], dict]
+  fresh_state: Callable[[], dict]  # a new state (another run's params, or random weights)
+  to_items: Callable[[dict], dict]  # the state as named checkpoint items
+  from_items: Callable[[dict], dict]
+  info: dict  # the run.json record
+  check_resume: Callable[[dict], dict]  # the record to write when resuming (may refuse)
+  reporter: dict  # metrics.Reporter's model-specific options (summary, curves, throughput)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """How long the run is and how it saves and logs."""
+
+  steps: int
+  checkpoint_every: int
+  keep: int
+  log_dir: str
+  log_every: int
+  tensorboard: bool
+  max_bad_steps: int
+  async_save: bool = True
+
+
 @dataclasses.dataclass
 class RunResult:
-  """How a call to `train` ended."""
+  """How a call to the loop ended."""
 
   reason: str  # "finished", "preempted" or "non_finite"
   step: int  # steps done (the state's step)
   checkpoint_step: int | None
   state: dict
-  setup: TrainSetup
+  setup: Any  # what was trained: the LM's TrainSetup, the codec's CodecConfig
 
 
 class NonFiniteError(RuntimeError):
   """Too many non-finite steps in a row; the run saved a checkpoint and stopped."""
 
 
-def _check_writable(path: str, name: str) -> None:
+def check_writable(path: str, name: str) -> None:
+  """Fails now, naming the flag or field, if `path` (local or gs://) cannot be written."""
   try:
     directory = epath.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
@@ -72,6 +118,141 @@ def _check_writable(path: str, name: str) -> None:
                       ) from None
 
 
+def command_result(train: Callable[[], RunResult], workdir: str,
+                   bad_input: tuple[type[Exception], ...]) -> RunResult:
+  """A training command's run: its result (and a line saying how it ended), or the exit status
+  the commands document: 2 on `bad_input` (a bad flag, config, checkpoint or data), 143 when
+  SIGTERM came before the run could save (its latest checkpoint stands), 1 after too many
+  non-finite steps (after a checkpoint)."""
+  try:
+    result = train()
+  except bad_input as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except Preempted:
+    message = f"SIGTERM before the run could save; the latest checkpoint in {workdir} stands"
+    logging.warning("%s", message)
+    print(message, file=sys.stderr)
+    sys.exit(EXIT_STUCK)
+  except NonFiniteError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(f"{result.reason} at step {result.step}; checkpoint {result.checkpoint_step} in "
+        f"{workdir}")
+  return result
+
+
+def preemptible(grace_s: float, body: Callable[[Preemption], RunResult]) -> RunResult:
+  """Runs `body` with SIGTERM handling (mimo_jax.train.preemption): while it sets up there is
+  nothing to save, so SIGTERM cuts the wait short; in the loop it saves first."""
+  preemption = Preemption(grace_s)
+  try:
+    with preemption.interruptible():
+      return body(preemption)
+  finally:
+    preemption.close()
+
+
+def run(job: Job, schedule: Schedule, workdir: str, iterator: TrainIterator, setup: Any,
+        preemption: Preemption, max_steps: int | None = None) -> RunResult:
+  """Trains `job` in `workdir` (resuming its latest checkpoint) until schedule.steps, SIGTERM,
+  too many non-finite steps, or `max_steps` steps in total (this call only: a later call goes
+  on)."""
+  ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), every_steps=schedule.checkpoint_every,
+                      keep=schedule.keep, async_save=schedule.async_save)
+  try:
+    state = _initial_state(job, schedule, ckpt, iterator)
+    return _steps(job, schedule, ckpt, iterator, state, setup, max_steps, preemption)
+  finally:
+    ckpt.close()
+
+
+def _initial_state(job: Job, schedule: Schedule, ckpt: Checkpointer,
+                   iterator: TrainIterator) -> dict:
+  """The latest checkpoint of this run (with the iterator moved to its position), else the
+  job's fresh state."""
+  jsonl = os.path.join(schedule.log_dir, METRICS_FILE)
+  info = job.info
+  resume_step = ckpt.latest_step()
+  if resume_step is not None:
+    info = job.check_resume(info)
+    logging.info("resuming from %s/%d", ckpt.directory, resume_step)
+    items = ckpt.restore(job.to_items(job.abstract_state()), resume_step,
+                         data_iterator=iterator.grain)
+    state = job.from_items(items)
+    metrics.truncate_jsonl(jsonl, resume_step)
+  else:
+    state = job.fresh_state()
+    if jax.process_index() == 0 and epath.Path(jsonl).exists():
+      epath.Path(jsonl).unlink()  # the log of an attempt that never reached a checkpoint
+  if jax.process_index() == 0:
+    run_json.write(schedule.log_dir, info)
+  return state
+
+
+def _steps(job: Job, schedule: Schedule, ckpt: Checkpointer, iterator: TrainIterator,
+           state: dict, setup: Any, max_steps: int | None,
+           preemption: Preemption) -> RunResult:
+  start = int(state["step"])
+  reporter = metrics.Reporter(schedule.log_dir, tensorboard=schedule.tensorboard,
+                              total_steps=schedule.steps, every=schedule.log_every,
+                              start_step=start, **job.reporter)
+  logging.info("training %s from step %d to %d on mesh %s (%d processes); %s", job.name, start,
+               schedule.steps, dict(job.mesh.shape), jax.process_count(), job.batch)
+  end = schedule.steps if max_steps is None else min(schedule.steps, max_steps)
+  reason, step, saved_step = "finished", start, ckpt.latest_step()
+  try:
+    # Steps and saves run to their end (SIGTERM is checked after each step); only the wait
+    # for a batch is cut short.
+    with preemption.shielded():
+      while step < end:
+        batch = preemption.next(iterator)
+        if batch is None:
+          reason = "preempted"
+          break
+        began = time.perf_counter()
+        state, step_metrics = job.step(state, batch)
+        step_metrics = jax.device_get(step_metrics)
+        step += 1
+        reporter.record(step, step_metrics, time.perf_counter() - began,
+                        skipped=_skipped(iterator) if reporter.due(step) else None)
+        bad_steps = int(state["bad_steps"])
+        if bad_steps:
+          logging.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)",
+                          step, bad_steps)
+        if bad_steps >= schedule.max_bad_steps:
+          reason = "non_finite"
+          break
+        if preemption.agreed():
+          reason = "preempted"
+          break
+        if ckpt.save(step, job.to_items(state), iterator.grain):
+          saved_step = step
+          reporter.flush()
+      if saved_step != step and (reason != "finished" or step == schedule.steps):
+        ckpt.save(step, job.to_items(state), iterator.grain, force=True)
+        saved_step = step
+      ckpt.wait()
+  finally:
+    reporter.close()
+  logging.info("%s at step %d; latest checkpoint: %s; examples skipped so far: %s", reason, step,
+               saved_step, _skipped(iterator) or "none")
+  if reason == "non_finite":
+    raise NonFiniteError(f"stopped after {schedule.max_bad_steps} non-finite steps in a row at "
+                         f"step {step}; checkpoint {saved_step} in {ckpt.directory} holds the "
+                         f"last good params (skipped updates leave them unchanged)")
+  return RunResult(reason, step, saved_step, state, setup)
+
+
+def _skipped(iterator: TrainIterator) -> dict[str, int]:
+  """Examples skipped so far per reason, summed over the processes (every process calls it)."""
+  return metrics.sum_counts(iterator.skipped())
+
+
+# --- the speech LM's job ------------------------------------------------------------------------
+
 def log_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   """config.log.dir, else the workdir (either may be a gs:// path)."""
   return cfg.log.dir or workdir
@@ -79,10 +260,10 @@ def log_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
 
 def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
   """Fails now, naming the flag, if the run could not write its checkpoints and logs."""
-  _check_writable(workdir, "--workdir")
+  check_writable(workdir, "--workdir")
   logs = log_dir(cfg, workdir)
   if logs != workdir:
-    _check_writable(logs, "--config.log.dir")
+    check_writable(logs, "--config.log.dir")
     logging.info("logs (metrics.jsonl, TensorBoard, loss curve) go to %s", logs)
 
 
@@ -102,7 +283,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
           init_from: str | None = None, model_cfg: MimoAudioConfig | None = None,
           train_step: TrainStep | None = None, max_steps: int | None = None,
           force_resume: bool = False) -> RunResult:
-  """Runs (or resumes) the training job `cfg` in `workdir`.
+  """Runs (or resumes) the speech-LM training job `cfg` in `workdir`.
 
   mesh_flag overrides cfg.mesh; model_cfg overrides the model (default: `model_of`);
   train_step reuses an already built step and its mesh; max_steps stops this call early (after
@@ -111,15 +292,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, mesh_flag: str | None
   """
   train_config.validate(cfg)
   check_workdir(cfg, workdir)
-  # From here on SIGTERM ends the run promptly (mimo_jax.train.preemption): while it sets up
-  # there is nothing to save, so the wait is cut short; in the loop it saves first.
-  preemption = Preemption(cfg.checkpoint.sigterm_grace_s)
-  try:
-    with preemption.interruptible():
-      return _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
-                    preemption, force_resume)
-  finally:
-    preemption.close()
+  return preemptible(cfg.checkpoint.sigterm_grace_s, lambda preemption: _train(
+      cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps, preemption,
+      force_resume))
 
 
 def _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
@@ -137,102 +312,26 @@ def _train(cfg, workdir, mesh_flag, init_from, model_cfg, train_step, max_steps,
   source = data.make_source(cfg, setup.model, mesh)
   if train_step is None:
     train_step = make_train_step(setup, mesh, t.batch_size, t.positions, source.empty_id)
+  logs = log_dir(cfg, workdir)
 
-  ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), every_steps=cfg.checkpoint.every_steps,
-                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-  try:
-    state = _initial_state(cfg, setup, mesh, ckpt, train_step, source.iterator.grain, workdir,
-                           init_from, force_resume)
-    return _steps(cfg, setup, workdir, ckpt, train_step, source.iterator, state, max_steps,
-                  preemption)
-  finally:
-    ckpt.close()
-
-
-def _initial_state(cfg, setup: TrainSetup, mesh, ckpt: Checkpointer, train_step: TrainStep,
-                   iterator, workdir: str, init_from: str | None, force_resume: bool) -> dict:
-  """The latest checkpoint of this run (with the iterator moved to its position), else a fresh
-  state from init_from or random weights."""
-  jsonl = os.path.join(log_dir(cfg, workdir), METRICS_FILE)
-  info = run_json.describe(cfg, setup.model, mesh, init_from)
-  resume_step = ckpt.latest_step()
-  if resume_step is not None:
-    info = run_json.check_resume(log_dir(cfg, workdir), info, force_resume)
-    logging.info("resuming from %s/%d", ckpt.directory, resume_step)
-    abstract = split_state(train_step.abstract_state)
-    state = join_state(ckpt.restore(abstract, resume_step, data_iterator=iterator))
-    metrics.truncate_jsonl(jsonl, resume_step)
-  else:
+  def fresh_state() -> dict:
     params = None if not init_from else run_dir.load_params(init_from, "--init_from", mesh=mesh,
                                                             model=setup.model)[1]
-    state = create_state(setup, jax.random.key(cfg.train.seed), mesh, params)
-    if jax.process_index() == 0 and epath.Path(jsonl).exists():
-      epath.Path(jsonl).unlink()  # the log of an attempt that never reached a checkpoint
-  if jax.process_index() == 0:
-    run_json.write(log_dir(cfg, workdir), info)
-  return state
+    return create_state(setup, jax.random.key(t.seed), mesh, params)
 
-
-def _steps(cfg, setup: TrainSetup, workdir: str, ckpt: Checkpointer, train_step: TrainStep,
-           iterator, state: dict, max_steps: int | None, preemption: Preemption) -> RunResult:
-  t = cfg.train
-  start = int(state["step"])
-  reporter = metrics.Reporter(
-      log_dir(cfg, workdir), tensorboard=cfg.log.tensorboard, total_steps=t.steps,
-      every=cfg.log.every_steps, tokens_per_step=t.batch_size * t.positions,
-      flops_per_step=lm_flops.train_flops(setup.model, t.batch_size, t.positions,
-                                          setup.loss.trains_audio),
-      peak=metrics.peak_flops(cfg.log.chip), n_chips=jax.device_count(), start_step=start)
-  logging.info("training %s from step %d to %d on mesh %s (%d processes); batch %d x %d "
-               "positions", t.phase, start, t.steps, dict(train_step.batch_shardings[
-                   "input_ids"].mesh.shape), jax.process_count(), t.batch_size, t.positions)
-  end = t.steps if max_steps is None else min(t.steps, max_steps)
-  reason, step, saved_step = "finished", start, ckpt.latest_step()
-  try:
-    # Steps and saves run to their end (SIGTERM is checked after each step); only the wait
-    # for a batch is cut short.
-    with preemption.shielded():
-      while step < end:
-        batch = preemption.next(iterator)
-        if batch is None:
-          reason = "preempted"
-          break
-        began = time.perf_counter()
-        state, step_metrics = train_step.fn(state, batch)
-        step_metrics = jax.device_get(step_metrics)
-        step += 1
-        reporter.record(step, step_metrics, time.perf_counter() - began,
-                        skipped=_skipped(iterator) if reporter.due(step) else None)
-        bad_steps = int(state["bad_steps"])
-        if bad_steps:
-          logging.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)",
-                          step, bad_steps)
-        if bad_steps >= t.max_bad_steps:
-          reason = "non_finite"
-          break
-        if preemption.agreed():
-          reason = "preempted"
-          break
-        if ckpt.save(step, split_state(state), iterator.grain):
-          saved_step = step
-          reporter.flush()
-      if saved_step != step and (reason != "finished" or step == t.steps):
-        ckpt.save(step, split_state(state), iterator.grain, force=True)
-        saved_step = step
-      ckpt.wait()
-  finally:
-    reporter.close()
-  logging.info("%s at step %d; latest checkpoint: %s; examples skipped so far: %s", reason, step,
-               saved_step, _skipped(iterator) or "none")
-  if reason == "non_finite":
-    raise NonFiniteError(f"stopped after {t.max_bad_steps} non-finite steps in a row at step "
-                         f"{step}; checkpoint {saved_step} in {ckpt.directory} holds the last "
-                         f"good params (skipped updates leave them unchanged)")
-  return RunResult(reason, step, saved_step, state, setup)
-
-
-def _skipped(iterator: data.pipeline.TrainIterator) -> dict[str, int]:
-  """Examples skipped so far per reason, summed over the processes (every process calls it)."""
-  return metrics.sum_counts(iterator.skipped())
-
-
+  job = Job(
+      name=t.phase, batch=f"batch {t.batch_size} x {t.positions} positions", mesh=mesh,
+      step=train_step.fn, abstract_state=lambda: train_step.abstract_state,
+      fresh_state=fresh_state, to_items=split_state,
+      from_items=join_state, info=run_json.describe(cfg, setup.model, mesh, init_from),
+      check_resume=lambda info: run_json.check_resume(logs, info, force_resume),
+      reporter=dict(summary=metrics.lm_summary, curves=metrics.LM_CURVES,
+                    tokens_per_step=t.batch_size * t.positions,
+                    flops_per_step=lm_flops.train_flops(setup.model, t.batch_size, t.positions,
+                                                        setup.loss.trains_audio),
+                    peak=metrics.peak_flops(cfg.log.chip), n_chips=jax.device_count()))
+  schedule = Schedule(steps=t.steps, checkpoint_every=cfg.checkpoint.every_steps,
+                      keep=cfg.checkpoint.keep, log_dir=logs, log_every=cfg.log.every_steps,
+                      tensorboard=cfg.log.tensorboard, max_bad_steps=t.max_bad_steps,
+                      async_save=cfg.checkpoint.async_save)
+  return run(job, schedule, workdir, source.iterator, setup, preemption, max_steps)

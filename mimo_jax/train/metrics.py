@@ -17,6 +17,7 @@ import math
 import pathlib
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -64,10 +65,13 @@ class Reporter:
   """
 
   def __init__(self, log_dir: str, *, tensorboard: bool, total_steps: int, every: int,
-               tokens_per_step: int, flops_per_step: float, peak: float | None, n_chips: int,
-               start_step: int):
+               start_step: int, summary: Callable[[dict[str, float]], str],
+               curves: Sequence[str], tokens_per_step: int | None = None,
+               flops_per_step: float | None = None, peak: float | None = None,
+               n_chips: int = 1):
     self.enabled = jax.process_index() == 0
     self.total_steps, self.every = total_steps, every
+    self.summary, self.curves = summary, tuple(curves)
     self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
     self.peak, self.n_chips = peak, n_chips
     self.log_dir = epath.Path(log_dir)
@@ -96,12 +100,13 @@ class Reporter:
              skipped: dict[str, int] | None = None) -> dict[str, float]:
     """Logs the metrics of the step that ended at `step` (1-based count of steps done) and, if
     given, the examples skipped so far per reason."""
-    row = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    row = flatten(metrics)
     row.update({f"skipped/{reason}": count for reason, count in (skipped or {}).items()})
     row["step"] = step
     row["step_time_s"] = step_time
-    row["tokens_per_s"] = self.tokens_per_step / step_time if step_time > 0 else math.nan
-    if self.peak:
+    if self.tokens_per_step:
+      row["tokens_per_s"] = self.tokens_per_step / step_time if step_time > 0 else math.nan
+    if self.peak and self.flops_per_step:
       row["mfu"] = self.flops_per_step / step_time / (self.peak * self.n_chips)
     if not self.enabled:
       return row
@@ -120,19 +125,18 @@ class Reporter:
     done = step - self._start_step
     elapsed = time.perf_counter() - self._start_time
     eta = elapsed / max(done, 1) * (self.total_steps - step)
-    mfu = f" mfu {row['mfu']:.1%}" if "mfu" in row else ""
-    audio = "".join(f" c{i} {row[f'audio_loss_c{i}']:.3f}" for i in range(8)
-                    if f"audio_loss_c{i}" in row)
-    lrs = " ".join(f"{k[3:]} {v:.2e}" for k, v in row.items() if k.startswith("lr_"))
+    speed = f"{row['step_time_s']:.2f}s/step"
+    if "tokens_per_s" in row:
+      speed += f" {row['tokens_per_s']:.0f} tok/s"
+    if "mfu" in row:
+      speed += f" mfu {row['mfu']:.1%}"
     skips = {k[len("skipped/"):]: int(v) for k, v in row.items() if k.startswith("skipped/")}
     skipped = (f" | skipped {sum(skips.values())} (" +
                ", ".join(f"{k} {v}" for k, v in sorted(skips.items(), key=lambda kv: -kv[1])) +
                ")") if skips else ""
-    logging.info(
-        "step %d/%d (%.0f%%) loss %.4f text %.4f acc %.3f%s | grad %.3f | lr %s | %.2fs/step "
-        "%.0f tok/s%s | ETA %s%s", step, self.total_steps, 100 * step / self.total_steps,
-        row["loss"], row["text_loss"], row["text_acc"], audio, row["grad_norm"], lrs,
-        row["step_time_s"], row["tokens_per_s"], mfu, _duration(eta), skipped)
+    logging.info("step %d/%d (%.0f%%) %s | %s | ETA %s%s", step, self.total_steps,
+                 100 * step / self.total_steps, self.summary(row), speed, _duration(eta),
+                 skipped)
 
   def flush(self) -> None:
     """Redraws the loss curve; uploads the logs of a remote log dir."""
@@ -141,7 +145,7 @@ class Reporter:
     if self._writer is not None:
       self._writer.flush()
     if (self._local / METRICS_FILE).exists():
-      plot_losses(str(self._local / METRICS_FILE), str(self._local / PLOT_FILE))
+      plot_losses(str(self._local / METRICS_FILE), str(self._local / PLOT_FILE), self.curves)
     if self._remote:
       for path in self._local.rglob("*"):
         if path.is_file():
@@ -153,6 +157,31 @@ class Reporter:
     if self._writer is not None:
       self._writer.close()
     self.flush()
+
+
+# The speech LM's curves and console summary.
+LM_CURVES = ("loss", "text_loss") + tuple(f"audio_loss_c{i}" for i in range(8))
+
+
+def lm_summary(row: dict[str, float]) -> str:
+  audio = "".join(f" c{i} {row[f'audio_loss_c{i}']:.3f}" for i in range(8)
+                  if f"audio_loss_c{i}" in row)
+  lrs = " ".join(f"{k[3:]} {v:.2e}" for k, v in row.items() if k.startswith("lr_"))
+  return (f"loss {row['loss']:.4f} text {row['text_loss']:.4f} acc {row['text_acc']:.3f}{audio} "
+          f"| grad {row['grad_norm']:.3f} | lr {lrs}")
+
+
+def flatten(metrics: dict[str, Any]) -> dict[str, float]:
+  """A step's metrics as log scalars: scalars as they are, a per-stage [q] array (the codec's
+  RVQ statistics) as name/q0, name/q1, ..."""
+  row = {}
+  for name, value in metrics.items():
+    value = np.asarray(value)
+    if value.ndim == 0:
+      row[name] = float(value)
+    else:
+      row.update({f"{name}/q{i}": float(v) for i, v in enumerate(value)})
+  return row
 
 
 def _duration(seconds: float) -> str:
@@ -190,8 +219,8 @@ def truncate_jsonl(path: str, last_step: int) -> None:
   epath.Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def plot_losses(jsonl_path: str, png_path: str) -> None:
-  """The loss curves of a run (total, text, audio channels) from its JSONL log."""
+def plot_losses(jsonl_path: str, png_path: str, curves: Sequence[str]) -> None:
+  """The `curves` of a run's JSONL log (those its rows have), the first drawn thicker."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
@@ -200,12 +229,12 @@ def plot_losses(jsonl_path: str, png_path: str) -> None:
     return
   steps = [r["step"] for r in rows]
   fig, ax = plt.subplots(figsize=(8, 4.5))
-  for key in ["loss", "text_loss"] + [f"audio_loss_c{i}" for i in range(8)]:
+  for key in curves:
     if key in rows[-1]:
       ax.plot(steps, [r.get(key, math.nan) for r in rows], label=key,
-              linewidth=2 if key == "loss" else 1)
+              linewidth=2 if key == curves[0] else 1)
   ax.set_xlabel("step")
-  ax.set_ylabel("cross-entropy (nats)")
+  ax.set_ylabel("loss")
   ax.legend(fontsize=7, ncol=2)
   ax.grid(alpha=0.3)
   fig.tight_layout()

@@ -9,7 +9,8 @@ place. Paths may be local or gs:// (existence checks go through etils.epath).
                         train,data}; the params-only runs `convert` imports have
                         checkpoints/0/params alone
   official tokenizer    config.json + model.safetensors (the audio tokenizer, i.e. codec)
-  codec run             codec_config.json + checkpoints/<step>/{state,data} + export/ (an
+  codec run             run.json (the config and the codec's official config) +
+                        codec_config.json + checkpoints/<step>/{state,data} + export/ (an
                         official tokenizer folder of its final weights)
 
 A LoRA run's `params` item is the frozen base model (the adapters are saved with the optimizer
@@ -85,7 +86,9 @@ def model_config(path: str, **runtime) -> MimoAudioConfig | None:
   if is_official(path):
     return load_config(path, **runtime)
   stored = run_json.read(run_root(path))
-  return None if stored is None else run_json.model_config(stored, **runtime)
+  if stored is None or "model" not in stored:  # no run.json, or a codec run's
+    return None
+  return run_json.model_config(stored, **runtime)
 
 
 def one_device_mesh() -> jax.sharding.Mesh:

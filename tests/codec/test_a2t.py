@@ -2,7 +2,7 @@
 the recon + commit step, and transcripts that cannot be targets are counted or refused.
 
 The step-level tests use a tiny codec (2 RVQ stages) and random audio; the run-level tests train a
-few steps on espeak-ng speech through `train_codec.train`.
+few steps on espeak-ng speech through `mimo_jax.train.codec.train`.
 """
 
 import functools
@@ -11,16 +11,18 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from mimo_jax import train_codec
 from mimo_jax.codec import a2t, checkpoint, config as codec_config, rvq_train, train_step
 from mimo_jax.data import corpus, manifest
 from mimo_jax.data.tokenizer import TextTokenizer
 from mimo_jax.nn.params import init_params
-from tests.codec.test_train_codec import _config
+from mimo_jax.train import codec as codec_train
+from mimo_jax.train import codec_data
+from tests.codec.test_train_codec import _config, _rows
 
 CFG = codec_config.tiny(num_quantizers=2, codebook_size=(16,))
 ECFG = rvq_train.EmaConfig.from_codec(CFG, kmeans_iters=5)
@@ -111,7 +113,7 @@ def test_transcripts_without_text_or_too_long_are_counted(tmp_path):
              manifest.Record(key="m:2", audio="b.wav", text=""),
              manifest.Record(key="m:3", audio="c.wav", text="one two three four five six")]
   skips = manifest.Skips()
-  targets = train_codec.text_targets(records, tokenizer, cfg, skips)
+  targets = codec_data.text_targets(records, tokenizer, cfg, skips)
   assert list(targets) == ["m:1"]
   assert dict(skips.counts) == {"no_text": 1, "text_too_long": 1}
   row, count = targets["m:1"]
@@ -141,18 +143,21 @@ def a2t_setup(tmp_path_factory):
 
 def test_a2t_run_resumes_exactly_and_exports_no_auxiliary_weights(a2t_setup, tmp_path):
   config, _, _ = a2t_setup
-  full = train_codec.train(config, str(tmp_path / "full"), devices=jax.devices()[:1])
-  assert set(full.state) == {"step", "codec", "a2t", "opt"}
-  assert all(np.isfinite(r["a2t"]) and r["a2t"] > 0 for r in full.rows)
+  full = codec_train.train(config, str(tmp_path / "full"), devices=jax.devices()[:1])
+  assert set(full.state) == {"step", "codec", "a2t", "opt", "bad_steps", "skipped_steps"}
+  full_rows = _rows(str(tmp_path / "full"))
+  assert all(np.isfinite(r["a2t"]) and r["a2t"] > 0 for r in full_rows)
   workdir = str(tmp_path / "killed")
-  train_codec.train(config, workdir, devices=jax.devices()[:1], stop_after=3)
-  resumed = train_codec.train(config, workdir, devices=jax.devices()[:1])
-  assert [r["step"] for r in resumed.rows] == [3, 4]  # from checkpoint 2
-  for row in resumed.rows:
+  killed = codec_train.train(config, workdir, devices=jax.devices()[:1], max_steps=3)
+  assert killed.checkpoint_step == 2
+  codec_train.train(config, workdir, devices=jax.devices()[:1])
+  rows = _rows(workdir)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]  # 3 redone from checkpoint 2, logged once
+  for row in rows[2:]:
     for key in ("loss", "a2t", "mel", "grad_norm"):
-      assert row[key] == full.rows[row["step"] - 1][key], (row["step"], key)
+      assert row[key] == full_rows[row["step"] - 1][key], (row["step"], key)
   exported, _ = checkpoint.import_codec(str(tmp_path / "full" / "export"))
-  assert set(exported) == set(checkpoint.codec_specs(train_codec.codec_from(config)))
+  assert set(exported) == set(checkpoint.codec_specs(codec_train.codec_from(config)))
   jax.tree.map(np.testing.assert_array_equal, exported["encoder"],
                jax.device_get(full.state["codec"]["encoder"]))
 
@@ -164,17 +169,17 @@ def test_a2t_config_and_manifest_errors_name_the_field(a2t_setup, tmp_path):
            ({"a2t.tokenizer": str(tmp_path / "nowhere")}, "config.a2t.tokenizer"),
            ({"loss.a2t": -1.0}, "config.loss.a2t")]
   for changes, field in cases:
-    bad = train_codec.ml_collections.ConfigDict(config.to_dict())
+    bad = ml_collections.ConfigDict(config.to_dict())
     for name, value in changes.items():
       block, key = name.split(".")
       bad[block][key] = value
-    with pytest.raises(train_codec.CodecTrainError, match=field):
-      train_codec.train(bad, str(tmp_path / "run"), devices=jax.devices()[:1])
+    with pytest.raises(codec_data.CodecTrainError, match=field):
+      codec_train.train(bad, str(tmp_path / "run"), devices=jax.devices()[:1])
   untranscribed = tmp_path / "untranscribed.jsonl"
   untranscribed.write_text("".join(json.dumps({"audio": os.path.join(folder, line["audio"])})
                                    + "\n" for line in lines))
-  bad = train_codec.ml_collections.ConfigDict(config.to_dict())
+  bad = ml_collections.ConfigDict(config.to_dict())
   bad.data.manifest = str(untranscribed)
-  with pytest.raises(train_codec.CodecTrainError,
+  with pytest.raises(codec_data.CodecTrainError,
                      match=r"config.data.manifest: no usable audio with a transcript.*no_text"):
-    train_codec.train(bad, str(tmp_path / "run"), devices=jax.devices()[:1])
+    codec_train.train(bad, str(tmp_path / "run"), devices=jax.devices()[:1])

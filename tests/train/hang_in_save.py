@@ -1,24 +1,23 @@
-"""The launcher with the data-iterator part of one checkpoint save made to hang (test helper).
+"""A training command with the data-iterator part of one checkpoint save made to hang (test
+helper).
 
-`python -m tests.train.hang_in_save STEP <launcher flags>` runs `python -m mimo_jax.train`, but
-when checkpoint STEP writes its Grain iterator state it prints HANGING_IN_SAVE and sleeps, so a
-test can kill -9 the process in the middle of that save (its files are half written under the
-temporary name).
+`python -m tests.train.hang_in_save MODULE STEP <flags>` runs `python -m MODULE`
+(mimo_jax.train.__main__ or mimo_jax.train_codec), but when checkpoint STEP writes its Grain
+iterator state it prints HANGING_IN_SAVE and sleeps, so a test can kill -9 the process in the
+middle of that save (its files are half written under the temporary name).
 """
 
+import importlib
 import sys
 import time
 
 import grain
-from absl import app
-
-from mimo_jax.train import __main__ as launcher
 
 _original_save = grain.checkpoint.CheckpointHandler.save
 
 
 def main():
-  hang_step = sys.argv.pop(1)
+  command, hang_step = sys.argv.pop(1), sys.argv.pop(1)
 
   def save(self, directory, *args, **kwargs):
     if f"/{hang_step}.orbax-checkpoint-tmp" in str(directory):
@@ -27,8 +26,7 @@ def main():
     return _original_save(self, directory, *args, **kwargs)
 
   grain.checkpoint.CheckpointHandler.save = save
-  launcher.define_flags()
-  app.run(launcher.main)
+  importlib.import_module(command).console()
 
 
 if __name__ == "__main__":

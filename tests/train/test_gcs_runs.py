@@ -113,8 +113,8 @@ def test_logs_are_uploaded_and_a_resume_continues_them(gcs):
 
   def reporter(start):
     return metrics.Reporter(RUN + "/logs", tensorboard=True, total_steps=4, every=1,
-                            tokens_per_step=8, flops_per_step=1.0, peak=None, n_chips=1,
-                            start_step=start)
+                            start_step=start, summary=metrics.lm_summary,
+                            curves=metrics.LM_CURVES, tokens_per_step=8, flops_per_step=1.0)
 
   row = {"loss": 2.0, "text_loss": 1.0, "text_acc": 0.5, "grad_norm": 1.0}
   first = reporter(0)

@@ -147,7 +147,8 @@ def test_kill_during_save_sigterm_and_kill9_resume_exactly(runner, baseline):
   name = "resume"
   workdir = runner.workdir(name)
   # kill -9 while checkpoint 4 is half written: checkpoint 2 stays the latest, 4 is never used.
-  proc, log = runner.start(name, *RUN_FLAGS, MESH, module="tests.train.hang_in_save", args=["4"])
+  proc, log = runner.start(name, *RUN_FLAGS, MESH, module="tests.train.hang_in_save",
+                           args=["mimo_jax.train.__main__", "4"])
   try:
     wait_for(proc, log, "HANGING_IN_SAVE")
   finally:
