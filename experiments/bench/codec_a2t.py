@@ -35,7 +35,7 @@ import codec_train  # noqa: E402  (held-out voices, config loader, phase timer)
 
 from absl import flags  # noqa: E402
 
-from mimo_jax import train_codec  # noqa: E402
+from mimo_jax.train import codec as codec_job  # noqa: E402
 from mimo_jax.codec import api as codec_api  # noqa: E402
 from mimo_jax.codec import checkpoint as codec_checkpoint  # noqa: E402
 from mimo_jax.data import corpus  # noqa: E402
@@ -52,7 +52,7 @@ def _uptime() -> str:
 
 def _train(config, workdir: str, devices) -> dict:
   _, load = codec_train._phase(f"stage 1, loss.a2t {config.loss.a2t}",
-                               lambda: train_codec.train(config, workdir, devices=devices))
+                               lambda: codec_job.train(config, workdir, devices=devices))
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   window = min(10, len(rows) // 4)
