@@ -1,6 +1,6 @@
 """Tiny codec (tokenizer) training on CPU: the official tiny architecture with small codebooks.
 
-  python -m mimo_jax.data.corpus --output=/tmp/corpus --num_utterances=64 --languages=en
+  python -m mimo_jax.corpus --output=/tmp/corpus --num_utterances=64 --languages=en
   python -m mimo_jax.train_codec --config=experiments/configs/codec_tiny.py \
       --config.data.manifest=/tmp/corpus/manifest.jsonl --workdir=/tmp/codec_tiny
 
