@@ -142,4 +142,3 @@ def build_corpus(output: str, num_utterances: int, seed: int = 0,
     f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
   os.replace(manifest + ".tmp", manifest)
   return manifest
-
