@@ -115,7 +115,7 @@ def _sync(tag: str) -> None:
     multihost_utils.sync_global_devices(tag)
 
 
-JUDGED_TASKS = ("asr", "tts", "continuation", "s2s")  # those whose speech says a known sentence
+JUDGED_TASKS = ("asr", "tts", "continuation", "s2s", "codec")  # speech saying a known sentence
 
 
 def evaluate_checkpoint(name: str, backend, codec: tuple, data: dict[str, TaskData],

@@ -13,7 +13,7 @@ or reconstructed audio: a judge's error on real speech is the floor a model can 
 | asr | manifest / LibriSpeech folder | `backend.asr` | WER/CER; judges on the input |
 | tts | Seed-TTS meta.lst, .txt sentences, manifest | `backend.tts` | judges, SIM, DNSMOS, length |
 | continuation | manifest | `backend.continue_speech` | SIM to the prompt, judges |
-| codec | manifest / folder | codec encode + decode | PESQ NB/WB, STOI, SIM, kbps, DNSMOS |
+| codec | manifest / folder | codec encode + decode | PESQ NB/WB, STOI, SIM, kbps, DNSMOS, judges |
 | mmlu_t2t ... mmlu_s2s | SpeechMMLU folder (`choice`) | `backend.few_shot` | accuracy (regex) |
 | s2s | JSONL of in-context S2S items | `backend.in_context_s2s` | SIM to the target, judges |
 | dialogue | manifest | `backend.dialogue` | non-empty speech answer |
@@ -352,8 +352,15 @@ def run_codec(ctx: Context, batch: list[dict]) -> list[dict]:
 
   def score(item, wav, recon):
     metrics = codec_metrics.all_metrics(wav, recon, cfg.sampling_rate)
-    return {**metrics, "sim": _sim(ctx, codec_metrics.match_length(wav, recon), wav),
-            "kbps": codec_kbps(cfg, n_q), **_mos(ctx, "", recon), **_mos(ctx, "ref_", wav)}
+    row = {**metrics, "sim": _sim(ctx, codec_metrics.match_length(wav, recon), wav),
+           "kbps": codec_kbps(cfg, n_q), **_mos(ctx, "", recon), **_mos(ctx, "ref_", wav)}
+    # With a transcript, the judges' scores on the reconstruction bound what any TTS through
+    # this codec can reach; beside them, the same judges on the original.
+    if wer.normalize(item.get("text", "")):
+      language = item.get("language", "")
+      row.update(_judge_text(ctx, "", recon, item["text"], language))
+      row.update(_judge_text(ctx, "ref_", wav, item["text"], language))
+    return row
 
   return _per_item(batch, lambda item: load_wav(ctx, item["audio"]), reconstruct, score)
 
@@ -485,7 +492,7 @@ def summarize(task: str, rows: list[dict]) -> dict:
     out["wer"] = {"macro": counts["macro"] if scored else None,
                   "corpus": counts["corpus"] if scored else None, "n": counts["n"],
                   "unit": counts["unit"]}
-  if task in ("asr", "tts", "continuation", "s2s"):
+  if task in ("asr", "tts", "continuation", "s2s", "codec"):
     out.update(_judges(scored))
   if task in ("tts", "continuation", "s2s", "codec"):
     out.update({k: _mean(scored, k) for k in ("sim", "ref_sim") + _MOS})

@@ -128,7 +128,7 @@ def test_full_evaluate_run_writes_its_table(run_dir, clips, official_tiny_lm_dir
   folder = out / "tiny_run"
   summary = json.loads((folder / "summary.json").read_text())
   assert summary["settings"]["stream_text"] == "given"
-  assert summary["settings"]["closed_set_sizes"] == {"asr": 3, "tts": 3}
+  assert summary["settings"]["closed_set_sizes"] == {"asr": 3, "tts": 3, "codec": 3}
   asr, tts, codec = (summary["tasks"][t] for t in ("asr", "tts", "codec"))
   for figures in (asr, tts, codec):
     assert figures["n_items"] == figures["n_scored"] == 3 and figures["n_skipped"] == 0
@@ -144,6 +144,10 @@ def test_full_evaluate_run_writes_its_table(run_dir, clips, official_tiny_lm_dir
   for key in ("pesq_nb", "pesq_wb", "stoi", "kbps"):
     assert codec[key]["n"] == 3, key
   assert "mean" in codec["sim"]  # NaN (no voiced speech) from the random tiny codec: n counts
+  # The judges hear the reconstruction (the bound on any TTS through this codec) and the original.
+  for key in ("open_wer", "closed_wer", "ref_open_wer", "ref_closed_wer"):
+    assert codec[key]["n"] == 3 and codec[key]["macro"] is not None, key
+  assert 0 <= codec["closed_accuracy"] <= 1 and codec["ref_closed_accuracy"] == 1.0
   rows = store.read_rows(store.host_file(str(folder / "tts"), 0, 1))
   assert all(os.path.getsize(r["audio"]) > 44 for r in rows)
   assert all(r["duration_ratio"] == pytest.approx(r["seconds"] / r["ref_seconds"]) for r in rows)
