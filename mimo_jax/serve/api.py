@@ -66,7 +66,7 @@ class SpeechBody(_Body):
   voice: str
   response_format: Literal["wav", "pcm", "flac"] = "wav"
   speed: Literal[1.0] = 1.0
-  instructions: str | None = None  # accepted for OpenAI clients; the TTS prompt has no slot
+  instructions: str | None = None  # a speaking style (`templates.instruct_tts_sft`)
   # Ours: official sampler presets unless given; "given" imposes the text (`STREAM_TEXT`).
   temperature: float | None = pydantic.Field(None, ge=0)
   seed: int = 0
@@ -315,8 +315,14 @@ def app(server: Server) -> fastapi.FastAPI:
   async def speech(request: fastapi.Request, body: SpeechBody):
     voice_tc = server.voice(body.voice)
     text = server.text(body.input, "input")
-    example = (templates.tts_sft(server.mimo.fmt, text) if voice_tc is None else
-               _voiced_tts(server.mimo.fmt, text, voice_tc))
+    fmt = server.mimo.fmt
+    if body.instructions:  # the official instruction TTS, in the voice when one is named
+      example = templates.instruct_tts_sft(fmt, text, server.text(body.instructions,
+                                                                  "instructions"),
+                                           voice_tc=voice_tc)
+    else:
+      example = (templates.tts_sft(fmt, text) if voice_tc is None else
+                 _voiced_tts(fmt, text, voice_tc))
     req = server.request(example, temperature=body.temperature, seed=body.seed,
                          stream_text=body.stream_text)
     job, events = server.submit(req)
@@ -391,8 +397,8 @@ def app(server: Server) -> fastapi.FastAPI:
 
 
 def _voiced_tts(fmt: templates.Formatter, text: str, voice_tc: np.ndarray) -> templates.Example:
-  """TTS in a voice: the dialogue's system voice prompt, then the TTS request (the official
-  voice-prompted TTS uses a Chinese instruction prompt that is not reproduced here)."""
+  """TTS in a voice without a style instruction: the dialogue's system voice prompt, then the TTS
+  request (the official voice prompt comes with a style instruction: `instruct_tts_sft`)."""
   plain = templates.tts_sft(fmt, text)
   turns = [templates.Turn("system", (templates.VOICE_PROMPT, voice_tc)),
            templates.Turn("user", (f"{templates.TTS_EN[0]}: {text}",))]

@@ -29,7 +29,7 @@ TEXTS = ["hi", "good morning", "one two three"]
 @pytest.fixture(scope="module")
 def url(speaking):
   voice_tc = speaking.encode_audio(np.sin(np.arange(24000) / 10).astype(np.float32), 24000)
-  app, _ = serve.build(speaking, shape=slots.Shape(SLOTS, 128, MAX_NEW), chunk_steps=CHUNK,
+  app, _ = serve.build(speaking, shape=slots.Shape(SLOTS, 256, MAX_NEW), chunk_steps=CHUNK,
                        max_queue=MAX_QUEUE, voices={"calm": voice_tc}, limits=LIMITS)
   with serve.running(app) as base_url:
     yield base_url
@@ -155,7 +155,7 @@ def test_malformed_input_gets_its_4xx_and_the_server_goes_on(url, case):
       "bad_base64": (400, "bad_audio", lambda: httpx.post(chat, json=user(audio_part("%%")))),
       "long_text": (413, "text_too_long", lambda: httpx.post(speech, json=_speech("a" * 201))),
       "long_prompt": (413, "prompt_too_long", lambda: httpx.post(
-          chat, json={"model": "m", "messages": [{"role": "user", "content": "word " * 39}] * 4})),
+          chat, json={"model": "m", "messages": [{"role": "user", "content": "word " * 39}] * 8})),
       "audio_out_without_voice": (400, "bad_request", lambda: httpx.post(
           chat, json={**user("hi"), "modalities": ["text", "audio"]})),
       "multi_token_stop": (400, "bad_request", lambda: httpx.post(
@@ -199,6 +199,16 @@ def test_transcription_and_chat_answer_in_openai_shapes(url, speaking):
                  for c in chunks)
   assert len(pcm) == 2 * len(reply)
   assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_speech_in_a_voice_with_a_style_instruction(url):
+  """`instructions` and a `--voices` voice: the official instruction-TTS prompt with the voice's
+  audio (the reply opens with its reasoning block, so the audio may be empty)."""
+  r = httpx.post(f"{url}/v1/audio/speech", timeout=120, json=_speech(
+      "hi", voice="calm", instructions="slowly", response_format="flac"))
+  assert r.status_code == 200, r.text
+  wav, sr = soundfile.read(io.BytesIO(r.content)) if r.content else (np.zeros(0), 24000)
+  assert sr == 24000 and wav.ndim == 1
 
 
 def _families(url):
