@@ -14,24 +14,28 @@ from mimo_jax.lm import model
 from mimo_jax.nn.params import logical_axes
 from mimo_jax.serve import api, audio, slots
 
-_CKPT = flags.DEFINE_string("ckpt", None, "Official MiMo-Audio folder or training run directory.")
-_CODEC = flags.DEFINE_string("codec_ckpt", None, "Audio tokenizer folder.")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Text tokenizer (default: --ckpt's).")
-_DTYPE = flags.DEFINE_string("dtype", None, "Compute dtype (default: the checkpoint's).")
-_MESH = flags.DEFINE_string("mesh", None, "Mesh of the params, e.g. 'data:1,fsdp:-1,tensor:1'.")
-_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
-_PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
-_SLOTS = flags.DEFINE_integer("slots", 8, "Requests generated together (rows of the jitted loop).")
-_MAX_PROMPT = flags.DEFINE_integer("max_prompt", 512, "Prompt positions (patches) per request; "
-                                   "rounded up to a bucket.")
-_MAX_NEW = flags.DEFINE_integer("max_new", 512, "LLM steps per answer (0.16 s of audio each).")
-_CHUNK = flags.DEFINE_integer("chunk_steps", 4, "LLM steps between insertions and stream reads.")
-_QUEUE = flags.DEFINE_integer("max_queue", 64, "Requests waiting for a slot; more get 429.")
-_TIMEOUT = flags.DEFINE_float("timeout_s", 300.0, "Per request, from arrival to its end.")
-_MAX_AUDIO = flags.DEFINE_float("max_audio_s", 60.0, "Seconds per input audio.")
-_MAX_BODY = flags.DEFINE_integer("max_body_mb", 25, "Megabytes per request body.")
-_VOICES = flags.DEFINE_string("voices", None, "Folder of NAME.wav voice prompts (the `voice` "
-                              "of speech and spoken chat answers; 'default' needs none).")
+
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so importing this module adds no
+  flags to another program's)."""
+  flags.DEFINE_string("ckpt", None, "Official MiMo-Audio folder or training run directory.")
+  flags.DEFINE_string("codec_ckpt", None, "Audio tokenizer folder.")
+  flags.DEFINE_string("tokenizer", None, "Text tokenizer (default: --ckpt's).")
+  flags.DEFINE_string("dtype", None, "Compute dtype (default: the checkpoint's).")
+  flags.DEFINE_string("mesh", None, "Mesh of the params, e.g. 'data:1,fsdp:-1,tensor:1'.")
+  flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
+  flags.DEFINE_integer("port", 8000, "Port to listen on.")
+  flags.DEFINE_integer("slots", 8, "Requests generated together (rows of the jitted loop).")
+  flags.DEFINE_integer("max_prompt", 512, "Prompt positions (patches) per request; rounded up "
+                       "to a bucket.")
+  flags.DEFINE_integer("max_new", 512, "LLM steps per answer (0.16 s of audio each).")
+  flags.DEFINE_integer("chunk_steps", 4, "LLM steps between insertions and stream reads.")
+  flags.DEFINE_integer("max_queue", 64, "Requests waiting for a slot; more get 429.")
+  flags.DEFINE_float("timeout_s", 300.0, "Per request, from arrival to its end.")
+  flags.DEFINE_float("max_audio_s", 60.0, "Seconds per input audio.")
+  flags.DEFINE_integer("max_body_mb", 25, "Megabytes per request body.")
+  flags.DEFINE_string("voices", None, "Folder of NAME.wav voice prompts (the `voice` of speech "
+                      "and spoken chat answers; 'default' needs none).")
 
 
 def _voices(mimo: inference.MimoAudio, folder: str | None) -> dict:
@@ -53,25 +57,33 @@ def _voices(mimo: inference.MimoAudio, folder: str | None) -> dict:
 
 
 def main(argv):
-  del argv
-  for flag in (_CKPT, _CODEC):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required")
-  mimo = inference.MimoAudio.load(_CKPT.value, _CODEC.value, _TOKENIZER.value, dtype=_DTYPE.value)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  for name in ("ckpt", "codec_ckpt"):
+    if not f[name].value:
+      raise app.UsageError(f"--{name} is required")
+  mimo = inference.MimoAudio.load(f.ckpt, f.codec_ckpt, f.tokenizer, dtype=f.dtype)
   mesh = None
-  if _MESH.value:
-    mesh = sharding.make_mesh(_MESH.value)
+  if f.mesh:
+    mesh = sharding.make_mesh(f.mesh)
     mimo.params = sharding.shard_params(mimo.params, logical_axes(model.param_specs(mimo.cfg)),
                                         mesh)
-  shape = slots.Shape(_SLOTS.value, gen.bucket(_MAX_PROMPT.value), _MAX_NEW.value)
-  limits = api.Limits(max_body_bytes=_MAX_BODY.value << 20, max_audio_s=_MAX_AUDIO.value,
-                      timeout_s=_TIMEOUT.value)
-  application, _ = serve.build(mimo, shape=shape, chunk_steps=_CHUNK.value, mesh=mesh,
-                               max_queue=_QUEUE.value, voices=_voices(mimo, _VOICES.value),
+  shape = slots.Shape(f.slots, gen.bucket(f.max_prompt), f.max_new)
+  limits = api.Limits(max_body_bytes=f.max_body_mb << 20, max_audio_s=f.max_audio_s,
+                      timeout_s=f.timeout_s)
+  application, _ = serve.build(mimo, shape=shape, chunk_steps=f.chunk_steps, mesh=mesh,
+                               max_queue=f.max_queue, voices=_voices(mimo, f.voices),
                                limits=limits)
-  logging.info("serving %d slots on http://%s:%d", _SLOTS.value, _HOST.value, _PORT.value)
-  uvicorn.run(application, host=_HOST.value, port=_PORT.value, log_level="info")
+  logging.info("serving %d slots on http://%s:%d", f.slots, f.host, f.port)
+  uvicorn.run(application, host=f.host, port=f.port, log_level="info")
+
+
+def console() -> None:
+  """`python -m mimo_jax.serve` and the `mimo-serve` console script."""
+  define_flags()
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console()
