@@ -16,27 +16,20 @@ the output stream (`generate.output_text_ids` / `output_codes`), then decoded by
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mimo_jax.codec import api as codec_api
 from mimo_jax.codec import streaming
-from mimo_jax.codec.checkpoint import import_codec
 from mimo_jax.codec.config import CodecConfig
-from mimo_jax.config import ConfigError, MimoAudioConfig, load_config
-from mimo_jax.convert.hf import import_checkpoint
+from mimo_jax.config import MimoAudioConfig
 from mimo_jax.data import templates
 from mimo_jax.data.tokenizer import TextTokenizer
 from mimo_jax.lm import generate as gen
-from mimo_jax.lm import model
 from mimo_jax.lm.sampling import PRESETS, SamplerConfig
-from mimo_jax.nn.params import abstract_params
 
 DEFAULT_MAX_NEW = 512  # LLM steps (patches of 0.16 s, or text tokens) per answer
 # Template task -> official sampler preset (the official speech-to-text dialogue uses the
@@ -126,15 +119,13 @@ class MimoAudio:
     """ckpt: an official MiMo-Audio folder (config.json + safetensors) or a training run's
     directory (`run.json` + Orbax `checkpoints/`, the latest step unless `step`). codec_ckpt: an
     official tokenizer folder. tokenizer: a tokenizer.json or its folder (default: ckpt's)."""
+    # Orbax and the training stack are imported only when a model is loaded.
+    from mimo_jax.train import run_dir  # noqa: PLC0415
     runtime = dict(official_bf16_speech_sum=official_bf16_speech_sum)
     if dtype:
       runtime["dtype"] = dtype
-    if os.path.isfile(os.path.join(ckpt, "config.json")):
-      cfg = load_config(ckpt, **runtime)
-      params, _ = import_checkpoint(ckpt, cfg, specs_fn=model.param_specs)
-    else:
-      cfg, params = _load_run(ckpt, runtime, step)
-    codec_params, codec_cfg = import_codec(codec_ckpt)
+    cfg, params = run_dir.load_params(ckpt, "--ckpt", step=step, **runtime)
+    codec_params, codec_cfg = run_dir.load_codec(codec_ckpt)
     return cls(params, cfg, codec_params, codec_cfg, TextTokenizer.load(tokenizer or ckpt))
 
   # --- generic ----------------------------------------------------------------------------------
@@ -273,22 +264,3 @@ class MimoAudio:
         wavs[i] = w
     return wavs
 
-
-def _load_run(run_dir: str, runtime: dict, step: int | None) -> tuple[MimoAudioConfig, dict]:
-  """The model config (from `run.json`) and params (Orbax) of a training run directory."""
-  # Orbax and the training stack are imported only when a run is loaded.
-  from mimo_jax.train.checkpoint import restore_params  # noqa: PLC0415
-  from mimo_jax.train.loop import refuse_lora_run  # noqa: PLC0415
-  refuse_lora_run(run_dir, "--ckpt")
-  run_json = os.path.join(run_dir, "run.json")
-  if not os.path.isfile(run_json):
-    raise ConfigError(f"--ckpt={run_dir}: neither an official folder (config.json) nor a "
-                      f"training run (run.json + checkpoints/)")
-  with open(run_json) as f:
-    saved = json.load(f)["model"]
-  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
-  cfg = MimoAudioConfig(**{**fields, **runtime})
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                          abstract_params(model.param_specs(cfg), jnp.dtype(cfg.param_dtype)))
-  return cfg, restore_params(os.path.join(run_dir, "checkpoints"), abstract, step)
