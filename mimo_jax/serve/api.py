@@ -235,8 +235,9 @@ def _error_response(e: ApiError) -> responses.JSONResponse:
 
 
 class _Guard:
-  """ASGI middleware: stamps each request's arrival, refuses bodies over the limit by their
-  Content-Length before they are read, counts responses by path and status."""
+  """ASGI middleware: stamps each request's arrival, refuses bodies over the limit (by their
+  Content-Length before they are read; a chunked body, which has none, as it arrives), counts
+  responses by path and status."""
 
   def __init__(self, inner, server: Server):
     self.inner, self.server = inner, server
@@ -246,7 +247,7 @@ class _Guard:
       return await self.inner(scope, receive, send)
     scope.setdefault("state", {})["arrived"] = time.monotonic()
     metrics, limit = self.server.metrics, self.server.limits.max_body_bytes
-    length = dict(scope["headers"]).get(b"content-length", b"0")
+    length = dict(scope["headers"]).get(b"content-length")
     status = {}
 
     async def send_status(message):
@@ -254,6 +255,8 @@ class _Guard:
         status["code"] = message["status"]
       await send(message)
 
+    if length is None:
+      receive, length = await _read_chunked(receive, limit)
     if not length.isdigit() or int(length) > limit:
       metrics.errors.labels("body_too_large").inc()
       await _error_response(ApiError(413, "body_too_large", f"body: {length.decode()} bytes, "
@@ -261,6 +264,29 @@ class _Guard:
     else:
       await self.inner(scope, receive, send_status)
     metrics.requests.labels(scope["path"], str(status.get("code", 0))).inc()
+
+
+async def _read_chunked(receive, limit: int):
+  """A body sent without Content-Length, read until it ends or passes `limit`: a `receive` that
+  replays what was read (then the connection's own), and the bytes counted (b"over N" when it
+  passed the limit, which stops the reading)."""
+  messages, size = [], 0
+  while True:
+    message = await receive()
+    messages.append(message)
+    if message["type"] != "http.request":  # the client left
+      break
+    size += len(message.get("body", b""))
+    if size > limit:
+      return receive, f"over {limit}".encode()
+    if not message.get("more_body"):
+      break
+  replay = iter(messages)
+
+  async def receive_again():
+    return next(replay, None) or await receive()
+
+  return receive_again, str(size).encode()
 
 
 def app(server: Server) -> fastapi.FastAPI:

@@ -126,7 +126,8 @@ def test_a_full_queue_answers_429(url):
 
 @pytest.mark.parametrize("case", [
     "corrupt_audio", "empty_audio", "long_audio", "missing_file", "misspelt_field",
-    "missing_voice", "unknown_voice", "mp3_format", "oversize_body", "bad_base64", "long_text",
+    "missing_voice", "unknown_voice", "chunked_unknown_voice", "mp3_format", "oversize_body",
+    "oversize_chunked_body", "bad_base64", "long_text",
     "long_prompt", "audio_out_without_voice", "multi_token_stop", "max_tokens_over_limit",
 ])
 def test_malformed_input_gets_its_4xx_and_the_server_goes_on(url, case):
@@ -152,6 +153,13 @@ def test_malformed_input_gets_its_4xx_and_the_server_goes_on(url, case):
           speech, json=_speech("hi", response_format="mp3"))),
       "oversize_body": (413, "body_too_large", lambda: httpx.post(
           transcribe, data={"model": "m"}, files={"file": ("a.wav", b"0" * (2 << 20))})),
+      # Chunked (no Content-Length): read (its voice is named) or, over the limit, refused.
+      "chunked_unknown_voice": (400, "unknown_voice", lambda: httpx.post(
+          speech, content=iter([json.dumps(_speech("hi", voice="alloy")).encode()]),
+          headers={"content-type": "application/json"})),
+      "oversize_chunked_body": (413, "body_too_large", lambda: httpx.post(
+          speech, content=(b"0" * (1 << 16) for _ in range(32)),
+          headers={"content-type": "application/json"})),
       "bad_base64": (400, "bad_audio", lambda: httpx.post(chat, json=user(audio_part("%%")))),
       "long_text": (413, "text_too_long", lambda: httpx.post(speech, json=_speech("a" * 201))),
       "long_prompt": (413, "prompt_too_long", lambda: httpx.post(
