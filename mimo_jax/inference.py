@@ -138,7 +138,7 @@ class MimoAudio:
     """Continues each prompt (`templates` examples built without an answer) as one batch.
     preset: an official sampler preset (default: the one of the first example's task); row i
     samples with seed + i. stream_text: see `STREAM_TEXT`."""
-    requests = [self._request(ex, preset, max_new, min_new, seed + i, text_sampler,
+    requests = [self.request(ex, preset, max_new, min_new, seed + i, text_sampler,
                               audio_sampler, stream_text) for i, ex in enumerate(examples)]
     results = gen.generate(self.params, self.cfg, requests, empty_id=self.tokens.empty)
     codes = [gen.output_codes(r, self.tokens, self.cfg) for r in results]
@@ -158,7 +158,7 @@ class MimoAudio:
     The tokens are those `generate` makes with the same arguments; the audio differs from a
     one-shot decode only at the streaming decoder's window edges. Audio starts at the prompt's
     open stream (a `<|sostm|>` generated later does not restart it) and ends at `<|eostm|>`."""
-    request = self._request(example, preset, max_new, min_new, seed, text_sampler,
+    request = self.request(example, preset, max_new, min_new, seed, text_sampler,
                             audio_sampler, stream_text)
     prompt_bkl, len_b, keys_b, settings, n = gen.pack(self.cfg, [request])
     state = gen.prefill(self.params, self.cfg, prompt_bkl, len_b, keys_b,
@@ -233,8 +233,10 @@ class MimoAudio:
 
   # --- internals --------------------------------------------------------------------------------
 
-  def _request(self, example: templates.Example, preset, max_new, min_new, seed, text_sampler,
+  def request(self, example: templates.Example, preset, max_new, min_new, seed, text_sampler,
                audio_sampler, stream_text) -> gen.Request:
+    """The generation request of a prompt `example` (what `generate`, `stream` and the server
+    submit): the sampler preset's settings unless given, and the given stream text if asked."""
     if not example.is_prompt:
       raise ValueError(f"{example.task}: the example holds an answer; build it without one to "
                        f"get a generation prompt")

@@ -159,7 +159,7 @@ class Server:
       sampler = SamplerConfig(greedy=True) if temperature == 0 else SamplerConfig(
           temperature=temperature)
     try:
-      request = self.mimo._request(example, None, max_new or self.max_new, 0, seed, sampler,
+      request = self.mimo.request(example, None, max_new or self.max_new, 0, seed, sampler,
                                    sampler, stream_text)
     except ValueError as e:
       raise ApiError(400, "bad_request", str(e)) from None
