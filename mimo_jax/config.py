@@ -315,6 +315,10 @@ class LossConfig:
   # Positions per chunk of the text cross-entropy (0: one chunk). Chunks are rematerialised, so
   # the [positions, vocab] fp32 logits are never held whole.
   text_chunk_size: int = 0
+  # Share of each sequence's positions that the patch encoder and the patch decoder run on (the
+  # audio positions gathered to a static capacity; those past it are dropped and counted, see
+  # mimo_jax.lm.loss.loss). 0: no capacity, both run on every position and text is masked.
+  audio_capacity: float = 0.0
 
   def __post_init__(self):
     _check(self.phase in PHASES, "phase", f"must be one of {PHASES}, got {self.phase!r}")
@@ -325,6 +329,8 @@ class LossConfig:
            f"must be in [0, 1], got {self.empty_loss_weight}")
     _check(self.text_chunk_size >= 0, "text_chunk_size",
            f"must be >= 0, got {self.text_chunk_size}")
+    _check(0 <= self.audio_capacity <= 1, "audio_capacity",
+           f"must be in [0, 1] (0: none), got {self.audio_capacity}")
 
   @property
   def weights(self) -> tuple[float, ...]:

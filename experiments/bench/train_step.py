@@ -78,7 +78,7 @@ def prepare(cfg, phase: str, steps_per_call: int, mesh):
       holder["i"] += 1
     return {"loss": float(m["loss"])}
 
-  flops = lm_flops.train_flops(setup.model, t.batch_size, t.positions, setup.loss.trains_audio)
+  flops = lm_flops.train_flops(setup.model, setup.loss, t.batch_size, t.positions)
   n_params = sum(x.size for x in jax.tree.leaves(holder["state"]["params"]))
   return run, {"tokens_per_step": t.batch_size * t.positions, "flops_per_step": flops,
                "param_count": n_params, "batch": t.batch_size, "positions": t.positions,

@@ -3,7 +3,8 @@ metrics) and what the planner's jaxpr counts are checked against."""
 
 from __future__ import annotations
 
-from mimo_jax.config import MimoAudioConfig, StackConfig
+from mimo_jax.config import LossConfig, MimoAudioConfig, StackConfig
+from mimo_jax.lm import model
 
 
 def stack_matmul_params(cfg: StackConfig) -> int:
@@ -25,18 +26,19 @@ def backbone_train_flops(cfg: MimoAudioConfig, sequences: int, length: int) -> f
   return 6.0 * n * sequences * length + 3 * stack_attention_flops(cfg.backbone, sequences, length)
 
 
-def train_flops(cfg: MimoAudioConfig, sequences: int, positions: int,
-                     trains_audio: bool) -> float:
+def train_flops(cfg: MimoAudioConfig, loss_cfg: LossConfig, sequences: int,
+                positions: int) -> float:
   """Analytic forward + backward FLOPs of a MiMo-Audio train step over `sequences` x `positions`
-  LLM positions, every position running the patch encoder (an upper bound: text positions need
-  not) and, with audio losses, the patch decoder over its g + max-delay steps."""
+  LLM positions: the backbone on every position; the patch encoder and, with audio losses, the
+  patch decoder over its g + max-delay steps on every position (an upper bound: text positions
+  are masked) or, with `loss_cfg.audio_capacity`, on that many slots per sequence."""
   g = cfg.group_size
-  patches = sequences * positions
+  patches = sequences * model.audio_capacity(positions, loss_cfg.audio_capacity)
   enc = cfg.patch_encoder
   flops = backbone_train_flops(cfg, sequences, positions)
   enc_n = stack_matmul_params(enc) + g * enc.d_model * cfg.hidden_size
   flops += 6.0 * enc_n * patches * g + 3 * stack_attention_flops(enc, patches, g)
-  if trains_audio:
+  if loss_cfg.trains_audio:
     dec = cfg.patch_decoder
     steps = g + max(cfg.delay_pattern)
     dec_n = stack_matmul_params(dec)

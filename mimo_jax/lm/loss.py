@@ -1,8 +1,9 @@
 """The single next-token objective over the text channel and the 8 audio channels (spec §10).
 
-Axis letters as in `model.py`; k indexes chunks of positions. Everything is aligned to the
-predicting position: row p of a `*_bp` target/weight array describes what position p predicts,
-i.e. position p + 1 (the last row predicts nothing and has weight 0).
+Axis letters as in `model.py`; k indexes chunks of positions in the text loss (audio slots in
+the audio loss, as in `model.py`). Everything is aligned to the predicting position: row p of a
+`*_bp` target/weight array describes what position p predicts, i.e. position p + 1 (the last row
+predicts nothing and has weight 0).
 
 - Text: cross-entropy of `lm_head` at every position; targets that are `<|empty|>` weigh
   `empty_loss_weight`; normalised by the summed weights.
@@ -79,14 +80,18 @@ def text_loss(params: dict, hidden_bpd: jax.Array, targets_bp: jax.Array, weight
 
 
 def audio_losses(params: dict, cfg: MimoAudioConfig, hidden_bpd: jax.Array,
-                 codes_bpgc: jax.Array, is_target_bp: jax.Array,
+                 codes_bpgc: jax.Array, slots: model.AudioSlots,
                  dropout_key: jax.Array | None = None) -> tuple[list, dict]:
-  """Per-channel patch-decoder cross-entropy over the patches that positions predict."""
-  b, p, g, c = codes_bpgc.shape
-  cond_nd = model.local_cond(params, cfg, hidden_bpd).reshape(b * p, -1)
-  target_codes_ngc = _shift_to_predictor(codes_bpgc, 0).reshape(b * p, g, c)
+  """Per-channel patch-decoder cross-entropy over the patches that positions predict; slots
+  (`model.audio_slots` on the audio target positions) says where the patch decoder runs."""
+  g, c = cfg.group_size, cfg.audio_channels
+  hidden_bkd = model.gather_slots(hidden_bpd, slots)
+  b, k, _ = hidden_bkd.shape
+  cond_nd = model.local_cond(params, cfg, hidden_bkd).reshape(b * k, -1)
+  target_codes_ngc = model.gather_slots(_shift_to_predictor(codes_bpgc, 0), slots).reshape(
+      b * k, g, c)
   logits = model.patch_decoder_logits(params, cfg, cond_nd, target_codes_ngc, dropout_key)
-  cells_ngc = is_target_bp.reshape(b * p, 1, 1) & model.is_code(target_codes_ngc, cfg)
+  cells_ngc = slots.keep_bk.reshape(b * k, 1, 1) & model.is_code(target_codes_ngc, cfg)
   losses, metrics = [], {}
   for ch, logits_ngv in enumerate(logits):
     nll_ng, correct_ng = _token_stats(logits_ngv, target_codes_ngc[..., ch])
@@ -109,15 +114,24 @@ def loss(params: dict, cfg: MimoAudioConfig, loss_cfg: LossConfig, batch: dict,
 
   dropout_key (training) turns on the local stacks' attention dropout (`local_attn_dropout`);
   without it the loss is deterministic (evaluation).
+
+  With `loss_cfg.audio_capacity` set, the patch encoder runs on at most that share of each
+  sequence's positions (its audio inputs) and the patch decoder on as many (its audio targets);
+  audio positions past the capacity are dropped as MaxText drops tokens past an expert's
+  capacity: a dropped input adds no patch embedding, a dropped target is not trained, and the
+  metrics `audio_dropped_inputs` / `audio_dropped_targets` count them per (micro-)batch.
   """
   weights = loss_cfg.weights
   if len(weights) != 1 + cfg.audio_channels:
     raise ValueError(f"channel_weights: needs 1 + {cfg.audio_channels} entries, got {weights}")
   text_bp, codes_bpgc = model.split_channels(batch["input_ids"], cfg)
   encoder_key, decoder_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+  capacity = loss_cfg.audio_capacity
+  input_slots = model.audio_slots(text_bp == empty_id, capacity)
   hidden_bpd = model.forward(params, cfg, batch["input_ids"], empty_id,
                              positions_bp=batch.get("positions"),
-                             segment_ids_bp=batch.get("segment_ids"), dropout_key=encoder_key)
+                             segment_ids_bp=batch.get("segment_ids"), dropout_key=encoder_key,
+                             slots=input_slots)
   has_target_bp = target_mask(batch, text_bp.shape[1])
   targets_bp = _shift_to_predictor(text_bp, 0)
   text_weights_bp = has_target_bp * jnp.where(targets_bp == empty_id, loss_cfg.empty_loss_weight,
@@ -126,11 +140,15 @@ def loss(params: dict, cfg: MimoAudioConfig, loss_cfg: LossConfig, batch: dict,
                             loss_cfg.text_chunk_size)
   channel_losses = [text]
   if loss_cfg.trains_audio:
-    is_audio_target_bp = has_target_bp & (targets_bp == empty_id)
-    audio, audio_metrics = audio_losses(params, cfg, hidden_bpd, codes_bpgc, is_audio_target_bp,
+    target_slots = model.audio_slots(has_target_bp & (targets_bp == empty_id), capacity)
+    audio, audio_metrics = audio_losses(params, cfg, hidden_bpd, codes_bpgc, target_slots,
                                         decoder_key)
     channel_losses += audio
     metrics.update(audio_metrics)
+    if capacity > 0:
+      metrics["audio_dropped_targets"] = target_slots.dropped
+  if capacity > 0:
+    metrics["audio_dropped_inputs"] = input_slots.dropped
   used = [(w, l) for w, l in zip(weights, channel_losses) if w > 0]
   total = sum(w * l for w, l in used) / sum(w for w, _ in used)
   metrics["loss"] = total

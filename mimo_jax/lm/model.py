@@ -2,7 +2,8 @@
 
 Axis letters: b batch, p LLM positions (one text token or one audio patch each), g frames of a
 patch (group_size = 4), c audio channels (RVQ codebooks), s delayed decoder steps (g + max delay),
-n patches flattened over batch and positions, d widths, v vocabularies.
+n patches flattened over batch and positions, k audio slots of a sequence (see `AudioSlots`),
+d widths, v vocabularies.
 
 A batch holds `input_ids` in the official [b, 1 + c, g * p] layout (spec §2.2): row 0 carries the
 text token of position p at column g * p; rows 1..c carry the g frames of patch p. Positions whose
@@ -14,6 +15,9 @@ Params mirror the official module tree (`model.*`, `lm_head`, `input_local_trans
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,36 +78,94 @@ def is_code(codes_ngc: jax.Array, cfg: MimoAudioConfig) -> jax.Array:
   return codes_ngc != jnp.asarray(cfg.speech_zeroemb_idx, codes_ngc.dtype)
 
 
+class AudioSlots(NamedTuple):
+  """Where the audio-only stacks (patch encoder, patch decoder and their heads) run.
+
+  index_bk: the position held by each of a sequence's k slots, or None for every position in
+  place (k = p, today's masked path); keep_bk: which slots hold an audio position; dropped:
+  audio positions past the capacity, which the stacks do not run (float32, for the metrics).
+  """
+  index_bk: jax.Array | None
+  keep_bk: jax.Array
+  dropped: jax.Array
+
+
+def audio_capacity(positions: int, fraction: float) -> int:
+  """Slots per sequence for a capacity given as a fraction of its positions (0: none set, every
+  position has a slot)."""
+  return positions if fraction <= 0 else min(positions, math.ceil(fraction * positions))
+
+
+def audio_slots(is_audio_bp: jax.Array, fraction: float) -> AudioSlots:
+  """The first audio_capacity(p, fraction) audio positions of each sequence, in order; as in
+  MaxText's token dropping, the positions past the capacity are not run and are counted."""
+  if fraction <= 0:
+    return AudioSlots(None, is_audio_bp, jnp.zeros((), jnp.float32))
+  k = audio_capacity(is_audio_bp.shape[1], fraction)
+  index_bk = jax.vmap(lambda row: jnp.nonzero(row, size=k, fill_value=0)[0])(is_audio_bp)
+  count_b = jnp.sum(is_audio_bp, axis=1)
+  keep_bk = jnp.arange(k)[None, :] < count_b[:, None]
+  return AudioSlots(index_bk, keep_bk, jnp.sum(jnp.maximum(count_b - k, 0)).astype(jnp.float32))
+
+
+def gather_slots(x_bp: jax.Array, slots: AudioSlots) -> jax.Array:
+  """[b, p, ...] -> [b, k, ...]; per sequence, so a batch-sharded array stays where it is."""
+  if slots.index_bk is None:
+    return x_bp
+  index = slots.index_bk.reshape(slots.index_bk.shape + (1,) * (x_bp.ndim - 2))
+  return jnp.take_along_axis(x_bp, index, axis=1)
+
+
+def scatter_slots(x_bk: jax.Array, slots: AudioSlots, positions: int) -> jax.Array:
+  """[b, k, ...] -> [b, p, ...], zero where no slot is. x_bk must be zero in slots that keep
+  nothing: those all point at position 0, hence an add rather than a set."""
+  if slots.index_bk is None:
+    return x_bk
+  b = x_bk.shape[0]
+  rows_b1 = jnp.arange(b)[:, None]
+  return jnp.zeros((b, positions) + x_bk.shape[2:], x_bk.dtype).at[rows_b1, slots.index_bk].add(
+      x_bk)
+
+
 def input_embeds(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array,
-                 empty_id: int, dropout_key: jax.Array | None = None) -> jax.Array:
+                 empty_id: int, dropout_key: jax.Array | None = None,
+                 slots: AudioSlots | None = None) -> jax.Array:
   """Backbone input [b, p, d]: text embedding at text positions, encoded patch at audio ones.
-  dropout_key (training) turns on the patch encoder's attention dropout."""
+  dropout_key (training) turns on the patch encoder's attention dropout. slots (from
+  `audio_slots` on the audio positions) runs the patch encoder on those slots only; by default
+  it runs on every position and text positions are masked."""
   text_bp, codes_bpgc = split_channels(input_ids_bcl, cfg)
   b, p, g, _ = codes_bpgc.shape
-  is_audio_bp11 = (text_bp == empty_id)[:, :, None, None]
+  is_audio_bp = text_bp == empty_id
+  slots = audio_slots(is_audio_bp, 0.0) if slots is None else slots
+  codes_bkgc = gather_slots(codes_bpgc, slots)
+  keep_bk11 = slots.keep_bk[:, :, None, None]
+  k = codes_bkgc.shape[1]
   official_dtype = jnp.bfloat16 if cfg.official_bf16_speech_sum else None
-  frames_bpgd = speech_embedding_sum(params, codes_bpgc, is_code(codes_bpgc, cfg), cfg,
+  frames_bkgd = speech_embedding_sum(params, codes_bkgc, is_code(codes_bkgc, cfg), cfg,
                                      accum_dtype=official_dtype)
-  frames_bpgd = jnp.where(is_audio_bp11, frames_bpgd, 0)
+  frames_bkgd = jnp.where(keep_bk11, frames_bkgd, 0)
   encoded_ngd, _ = stack_forward(params["input_local_transformer"],
-                                 frames_bpgd.reshape(b * p, g, -1), cfg.patch_encoder,
+                                 frames_bkgd.reshape(b * k, g, -1), cfg.patch_encoder,
                                  torch_input_dtype=official_dtype, dropout_key=dropout_key)
-  encoded_bpgd = jnp.where(is_audio_bp11, encoded_ngd.reshape(b, p, g, -1), 0)
+  encoded_bkgd = jnp.where(keep_bk11, encoded_ngd.reshape(b, k, g, -1), 0)
   # Frame-major concatenation of the g frame vectors, as the official view(b, p, -1).
-  patch_bpd = jnp.einsum("bpe,ed->bpd", encoded_bpgd.reshape(b, p, -1),
+  patch_bkd = jnp.einsum("bke,ed->bkd", encoded_bkgd.reshape(b, k, -1),
                          params["speech_group_downcast"]["kernel"].astype(cfg.dtype))
-  text_bpd = jnp.where(is_audio_bp11[..., 0], 0, backbone.embed_tokens(params, text_bp, cfg))
+  patch_bpd = scatter_slots(patch_bkd, slots, p)
+  text_bpd = jnp.where(is_audio_bp[..., None], 0, backbone.embed_tokens(params, text_bp, cfg))
   return sharding.constrain(text_bpd + patch_bpd, ("batch", "length", "activation_embed"))
 
 
 def forward(params: dict, cfg: MimoAudioConfig, input_ids_bcl: jax.Array, empty_id: int, *,
             positions_bp: jax.Array | None = None,
             segment_ids_bp: jax.Array | None = None,
-            dropout_key: jax.Array | None = None) -> jax.Array:
+            dropout_key: jax.Array | None = None,
+            slots: AudioSlots | None = None) -> jax.Array:
   """Backbone hidden states [b, p, d]. Row p drives the prediction of position p + 1: its text
   token through `backbone.text_logits`, its patch through `local_cond` + the patch decoder.
-  dropout_key as in `input_embeds` (the backbone itself has no dropout)."""
-  x_bpd = input_embeds(params, cfg, input_ids_bcl, empty_id, dropout_key)
+  dropout_key and slots as in `input_embeds` (the backbone itself has no dropout)."""
+  x_bpd = input_embeds(params, cfg, input_ids_bcl, empty_id, dropout_key, slots)
   hidden_bpd, _ = backbone.hidden_states(params, cfg, embeds_btd=x_bpd, positions_bt=positions_bp,
                                          segment_ids_bt=segment_ids_bp)
   return hidden_bpd

@@ -60,8 +60,8 @@ def train_spec(cfg: ml_collections.ConfigDict, mesh: Mesh) -> StepSpec:
   return StepSpec(
       name=f"train/{t.phase}", fn=step.fn, args=(state, step.abstract_batch), parts=parts,
       tokens=t.batch_size * t.positions,
-      analytic_flops=flops.train_flops(setup.model, t.batch_size, t.positions,
-                                       setup.loss.trains_audio),
+      analytic_flops=flops.train_flops(setup.model, setup.loss, t.batch_size,
+                                       t.positions),
       model_flop_fn=no_remat.fn, notes=tuple(notes))
 
 

@@ -69,6 +69,9 @@ def defaults() -> ml_collections.ConfigDict:
           "positions": 128,
           # Micro-batches per optimizer step (the batch is split, gradients averaged).
           "grad_accum_steps": 1,
+          # Share of each sequence's positions the patch encoder and decoder run on, in (0, 1]
+          # (audio positions past it are dropped and counted in the metrics); 0: every position.
+          "audio_capacity": 0.0,
           "seed": 0,
           # Peak learning rates; None takes the phase's value (PHASE_LEARNING_RATES) times
           # lr_scale; 0 freezes the group.
@@ -203,9 +206,10 @@ def loss_from(cfg: ml_collections.ConfigDict) -> LossConfig:
     return LossConfig(phase=cfg.train.phase,
                       channel_weights=None if weights is None else tuple(weights),
                       empty_loss_weight=cfg.loss.empty_loss_weight,
-                      text_chunk_size=cfg.loss.text_chunk_size)
+                      text_chunk_size=cfg.loss.text_chunk_size,
+                      audio_capacity=cfg.train.audio_capacity)
   except ConfigError as e:  # "<field>: message" from LossConfig
-    prefix = "config.train." if str(e).startswith("phase") else "config.loss."
+    prefix = "config.train." if str(e).startswith(("phase", "audio_capacity")) else "config.loss."
     raise ConfigError(f"{prefix}{e}") from None
 
 
