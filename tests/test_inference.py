@@ -50,20 +50,20 @@ def test_each_task_uses_its_template_preset_and_stop_set(mimo):
           (EOS, IM_END)),
   }
   for task, (example, text_sampler, stop) in cases.items():
-    request = mimo._request(example, None, 8, 0, 0, None, None, "free")
+    request = mimo.request(example, None, 8, 0, 0, None, None, "free")
     assert request.text == text_sampler, task
     assert request.audio == SamplerConfig(temperature=0.9, top_p=0.95), task
     assert set(request.stop_ids) == set(stop), task
     assert request.given_text == (), task
     np.testing.assert_array_equal(request.prompt_kl, example.ids_kl)
   with pytest.raises(ValueError, match="holds an answer"):
-    mimo._request(templates.tts_sft(mimo.fmt, "hi", codes_tc), None, 8, 0, 0, None, None, "free")
+    mimo.request(templates.tts_sft(mimo.fmt, "hi", codes_tc), None, 8, 0, 0, None, None, "free")
   # The given stream text: the sentence's ids and <|eot|>; only prompts that say it can.
-  given = mimo._request(templates.tts_sft(mimo.fmt, "hi"), None, 8, 0, 0, None, None, "given")
+  given = mimo.request(templates.tts_sft(mimo.fmt, "hi"), None, 8, 0, 0, None, None, "given")
   assert given.given_text == (*mimo.tokenizer.encode("hi"), mimo.tokens.eot)
   assert given.stream_chunks == (5, 5)
   with pytest.raises(ValueError, match="needs a prompt that says what the answer speaks"):
-    mimo._request(cases["asr_sft"][0], None, 8, 0, 0, None, None, "given")
+    mimo.request(cases["asr_sft"][0], None, 8, 0, 0, None, None, "given")
 
 
 def test_asr_returns_the_text_channel(mimo):

@@ -20,7 +20,7 @@ def _requests(mimo):
   """TTS prompts of different lengths, sampled (own seeds) or greedy, with different limits."""
   texts = ["hi", "good morning to you all", "one two three", "the end"]
   sampled = SamplerConfig(temperature=0.9, top_p=0.95)
-  return [mimo._request(templates.tts_sft(mimo.fmt, t), None, 6 + 3 * i, 0, 10 + i,
+  return [mimo.request(templates.tts_sft(mimo.fmt, t), None, 6 + 3 * i, 0, 10 + i,
                         sampled if i % 2 else None, sampled if i % 2 else None, "free")
           for i, t in enumerate(texts)]
 
