@@ -60,10 +60,11 @@ def test_gathered_loss_and_gradients_equal_the_masked_ones(setup, phase):
       cfg, params, batch, LossConfig(phase, audio_capacity=most / POSITIONS))
   assert metrics["audio_dropped_inputs"] == 0
   assert phase == "understanding" or metrics["audio_dropped_targets"] == 0
-  # Measured on CPU: loss and metrics within 2.4e-7, gradients within 6e-8.
+  # Measured on CPU: the total loss bit-equal, metrics within 9.5e-7 (channel losses of about 7,
+  # 2 ulp), gradients within 1.5e-7.
   np.testing.assert_allclose(gathered, masked, atol=1e-6, rtol=0)
   for key, value in masked_metrics.items():
-    np.testing.assert_allclose(metrics[key], value, atol=1e-6, rtol=0, err_msg=key)
+    np.testing.assert_allclose(metrics[key], value, atol=1e-6, rtol=1e-6, err_msg=key)
   jax.tree_util.tree_map_with_path(
       lambda path, g, expected: np.testing.assert_allclose(
           g, expected, atol=1e-6, rtol=0, err_msg=jax.tree_util.keystr(path)),
