@@ -10,4 +10,5 @@ python3 -m venv .venv
 # The pinned CPU torch goes in first so that transformers never pulls a CUDA build.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[test]"
-exec .venv/bin/python -m pytest "$@"
+# Two workers, each taking whole files (module fixtures are built once); `-n 0` runs serially.
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
