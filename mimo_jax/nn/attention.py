@@ -195,9 +195,12 @@ def _splash_kernel(n_heads: int, t: int, causal: bool, block: int, interpret: bo
   blocks = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                              block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                              block_q_dq=block, block_kv_dq=block)
-  return splash.make_splash_mha(splash_mask.MultiHeadMask([one_head] * n_heads),
-                                block_sizes=blocks, head_shards=1, q_seq_shards=1,
-                                interpret=interpret)
+  # Built on first use, which is inside a trace: evaluated eagerly, so the cached kernel holds
+  # concrete mask tables, not tracers of the trace that happened to build it.
+  with jax.ensure_compile_time_eval():
+    return splash.make_splash_mha(splash_mask.MultiHeadMask([one_head] * n_heads),
+                                  block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                                  interpret=interpret)
 
 
 class KVCache(NamedTuple):
