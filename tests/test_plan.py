@@ -127,6 +127,38 @@ def test_backbone_jaxpr_flops_match_6n_tokens(remat):
     assert counted == analytic + stack / 3 - down_proj
 
 
+@pytest.mark.parametrize("causal, mesh_flag", [(True, None), (False, None),
+                                               (True, "data:2,fsdp:2,tensor:2")])
+def test_splash_kernels_count_the_blocks_they_run(causal, mesh_flag):
+  """Splash attention is Pallas kernels the jaxpr count sees as one grid step each; counted per
+  grid step that runs: 2 x 2 blocks of 512 at t = 1024, of which the causal mask runs 3. The
+  forward does q.k and p.v; the backward's dq kernel q.k, do.v and ds.k, its dkv kernel q.k,
+  do.v, p^T.do and ds^T.q (scores recomputed, as flash attention does); plus the o.do row sums
+  of the backward (a dot_general outside the kernels). Under a mesh each shard's kernels count
+  once per shard."""
+  from mimo_jax.nn import attention
+  b, t, n, k, h, block = 4, 1024, 4, 2, 64, 512
+  q = jax.ShapeDtypeStruct((b, t, n, h), jnp.float32)
+  kv = jax.ShapeDtypeStruct((b, t, k, h), jnp.float32)
+  segments = jax.ShapeDtypeStruct((b, t), jnp.int32)
+
+  def loss(q, k, v, seg):
+    return attention.splash_attend(q, k, v, seg, causal=causal).sum()
+
+  def count(fn):
+    if mesh_flag is None:
+      return flops.count_flops(fn, q, kv, kv, segments)
+    with jax.set_mesh(sharding.make_mesh(mesh_flag)):  # kernels inside shard_map
+      return flops.count_flops(fn, q, kv, kv, segments)
+
+  blocks_run = 3 if causal else 4
+  block_contraction = 2.0 * b * n * block * block * h  # one [block, block] product, every head
+  forward, train = count(loss), count(jax.grad(loss, argnums=(0, 1, 2)))
+  assert forward.flops == 2 * blocks_run * block_contraction
+  assert train.flops == (2 + 3 + 4) * blocks_run * block_contraction + 2.0 * b * n * t * h
+  assert forward.unmasked_kernels == train.unmasked_kernels == 0
+
+
 def test_generate_step_flops_match_analytic():
   """One decode step of the generation loop (tiny model, 8 fake CPU devices): the jaxpr count
   equals the analytic one exactly; the step's while loop is the one unbounded loop."""

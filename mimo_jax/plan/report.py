@@ -94,6 +94,7 @@ def plan_step(spec: StepSpec, topo: Topology, mesh: jax.sharding.Mesh, mfu: floa
       "analytic_flops": spec.analytic_flops,
       "jaxpr_model_over_analytic": model.flops / spec.analytic_flops,
       "remat_overhead": hw.flops / model.flops, "unbounded_while_loops": hw.unbounded_loops,
+      "unmasked_splash_kernels": hw.unmasked_kernels,
   }
   parts = {name: per_device_bytes(tree) for name, tree in spec.parts.items()}
 

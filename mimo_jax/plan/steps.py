@@ -48,15 +48,26 @@ def train_spec(cfg: ml_collections.ConfigDict, mesh: Mesh) -> StepSpec:
            "batch": step.abstract_batch}
   if "lora" in state:
     parts["LoRA adapters"] = state["lora"]
+  capacity = setup.loss.audio_capacity
+  patch_stacks = ("patch encoder and decoder" if setup.loss.trains_audio else "patch encoder")
   notes = [
       f"phase {t.phase}; {t.batch_size} sequences x {t.positions} positions in "
       f"{t.grad_accum_steps} micro-batch(es) of {t.batch_size // t.grad_accum_steps}; "
       f"remat {setup.model.remat_policy}; text CE chunk {setup.loss.text_chunk_size or 'whole'}; "
-      f"compute {setup.model.dtype} over {setup.model.param_dtype} master weights",
-      "analytic FLOPs run the patch encoder at every position (the step does: it masks text "
-      "positions); the text cross-entropy always recomputes its lm_head chunk in the backward "
-      "pass, so jaxpr model FLOPs sit a little above the analytic count",
+      f"compute {setup.model.dtype} over {setup.model.param_dtype} master weights; "
+      f"backbone attention {setup.model.attention}",
+      (f"audio capacity {capacity}: the {patch_stacks} run on "
+       f"{model.audio_capacity(t.positions, capacity)} slots per sequence" if capacity else
+       f"no audio capacity: the {patch_stacks} run at every position (text masked)"),
+      "the text cross-entropy always recomputes its lm_head chunk in the backward pass, so "
+      "jaxpr model FLOPs sit a little above the analytic count",
   ]
+  if setup.model.attention == "splash":
+    notes.append(
+        "splash attention: its Pallas kernels count the blocks they run (causal: the blocks on "
+        "and below the diagonal) and the backward kernels recompute q.k (flash attention), so "
+        "the jaxpr counts 4.5 x the forward q.k + p.v of the computed blocks where the analytic "
+        "count takes 3 x the dense [t, t] scores")
   return StepSpec(
       name=f"train/{t.phase}", fn=step.fn, args=(state, step.abstract_batch), parts=parts,
       tokens=t.batch_size * t.positions,
