@@ -3,6 +3,9 @@
 Field names are the keys of the tokenizer's `config.json` (spec §1.2). The official Python class
 has defaults that differ from the released checkpoint (d_model 768, ...), so the presets here are
 built from the released values and every exported checkpoint carries its config.json.
+
+A few runtime fields of ours (how to compute, not what) follow the official keys; they never
+enter config.json (`RUNTIME_FIELDS`).
 """
 
 from __future__ import annotations
@@ -10,10 +13,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mimo_jax.config import ConfigError, read_config_json, write_config_json
+from mimo_jax.config import DTYPES, ConfigError, read_config_json, write_config_json
 
 _MODEL_TYPE = "mimo_audio_tokenizer"
 _ARCHITECTURE = "MiMoAudioTokenizer"
+# Windowed self-attention of the transformer stacks: "blocked" computes each block of w =
+# max(left, right) steps against its neighbouring blocks only (O(t * w), `nn.attention.
+# local_attend`); "masked" computes all [t, t] scores under a mask (the reference). Both give the
+# same values; a stack with an unbounded window (the released encoder and decoder) is masked
+# either way, since it needs every score it computes.
+ATTENTION_IMPLS = ("blocked", "masked")
+RUNTIME_FIELDS = frozenset({"attention", "dtype", "remat"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +74,14 @@ class CodecConfig:
   rope_theta: float = 10000
   rope_type: str = "default"
   ln_type: str = "LayerNorm"
+  # Runtime (never in config.json). `dtype` is the compute dtype of the transformer stacks (the
+  # bulk of the FLOPs); the mel front end, norms' statistics, softmax, RVQ distances and the
+  # ISTFT head stay float32, and parameters are stored float32 and cast per layer. `remat`
+  # recomputes each transformer layer in the backward pass instead of storing its activations
+  # (training memory; no effect on encode / decode).
+  attention: str = "blocked"
+  dtype: str = "float32"
+  remat: bool = False
 
   def __post_init__(self):
     for name in ("sampling_rate", "hop_length", "nfft", "window_size", "n_mels",
@@ -109,6 +127,10 @@ class CodecConfig:
     _check(self.fmax is None or self.fmin < self.fmax <= self.sampling_rate / 2, "fmax",
            f"must be null or in (fmin, sampling_rate/2], got {self.fmax}")
     _check(self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
+    _check(self.attention in ATTENTION_IMPLS, "attention",
+           f"must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+    _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+    _check(isinstance(self.remat, bool), "remat", f"must be true or false, got {self.remat!r}")
     for name in ("encoder_attn_window_size", "decoder_attn_window_size",
                  "vocoder_attn_window_size"):
       value = getattr(self, name)
@@ -150,18 +172,21 @@ class CodecConfig:
   def to_official_dict(self) -> dict[str, Any]:
     out: dict[str, Any] = {"architectures": [_ARCHITECTURE], "model_type": _MODEL_TYPE}
     for field in dataclasses.fields(self):
+      if field.name in RUNTIME_FIELDS:
+        continue
       value = getattr(self, field.name)
       out[field.name] = list(value) if isinstance(value, tuple) else value
     return out
 
   @classmethod
   def from_official_dict(cls, raw: dict[str, Any]) -> CodecConfig:
-    """Unknown keys (transformers bookkeeping) are ignored; missing keys take the released value."""
+    """Unknown keys (transformers bookkeeping) are ignored; missing keys take the released value;
+    runtime fields are never read from config.json (set them with `replace`)."""
     if raw.get("model_type", _MODEL_TYPE) != _MODEL_TYPE:
       raise ConfigError(f"model_type: expected {_MODEL_TYPE!r}, got {raw['model_type']!r}")
     kwargs: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
-      if field.name in raw:
+      if field.name in raw and field.name not in RUNTIME_FIELDS:
         value = raw[field.name]
         kwargs[field.name] = tuple(value) if isinstance(value, list) else value
     if isinstance(kwargs.get("codebook_size"), int):

@@ -55,8 +55,8 @@ def decode_mel(params: dict, cfg: CodecConfig, z_btd: jax.Array,
                lengths_b: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Quantised features [b, t25, d] -> coarse mel [b, t100, m] and its lengths."""
   x_btd, lengths50_b = _causal_tconv(params["dconv1"], z_btd, lengths_b, cfg.avg_pooler)
-  x_btd = transformer(params["layers"], x_btd, lengths50_b, n_heads=cfg.decoder_attention_heads,
-                      rope_theta=cfg.rope_theta, causal=cfg.decoder_causal,
+  x_btd = transformer(params["layers"], x_btd, lengths50_b, cfg,
+                      n_heads=cfg.decoder_attention_heads, causal=cfg.decoder_causal,
                       window=cfg.decoder_attn_window_size)
   x_btd = layer_norm(x_btd, params["layer_norm"]["scale"], params["layer_norm"]["bias"])
   return _causal_tconv(params["dconv2"], x_btd, lengths50_b, cfg.decoder_stride_size)

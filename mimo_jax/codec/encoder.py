@@ -46,8 +46,8 @@ def encode_features(params: dict, cfg: CodecConfig, mel_btm: jax.Array,
   x_btd = gelu(conv1d(params["conv2"], x_btd, stride=cfg.stride_size, padding=1))
   lengths50_b = (mel_lengths_b - 1) // cfg.stride_size + 1
 
-  x_btd = transformer(params["layers"], x_btd, lengths50_b, n_heads=cfg.encoder_attention_heads,
-                      rope_theta=cfg.rope_theta, causal=cfg.encoder_causal,
+  x_btd = transformer(params["layers"], x_btd, lengths50_b, cfg,
+                      n_heads=cfg.encoder_attention_heads, causal=cfg.encoder_causal,
                       window=cfg.encoder_attn_window_size, skip_layer_id=cfg.encoder_skip_layer_id)
   x_btd = layer_norm(x_btd, params["layer_norm"]["scale"], params["layer_norm"]["bias"])
 

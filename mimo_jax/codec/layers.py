@@ -7,14 +7,21 @@ output channels, k conv taps, l layers.
 Every function takes per-row valid lengths (or masks derived from them) so that a padded batch
 gives each row exactly what the official code gives that row alone (batch 1): padding never enters
 a convolution, a norm statistic or an attention window.
+
+A bounded attention window (the vocoder's 40 left / 10 right frames) is computed block by block
+(`local_attend`), so a 60 s clip costs per second what a short one does; the [t, t] mask stays as
+the reference (`CodecConfig.attention`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from mimo_jax import sharding
+from mimo_jax.codec.config import CodecConfig
 from mimo_jax.nn.attention import attend, attention_mask
 from mimo_jax.nn.norms import layer_norm
 from mimo_jax.nn.params import ParamSpec, stack_specs
@@ -56,7 +63,7 @@ def dense(params: dict, x_btc: jax.Array) -> jax.Array:
   return y_bto + params["bias"] if "bias" in params else y_bto
 
 
-def _layer(layer: dict, x_btd: jax.Array, cos_bth, sin_bth, mask_bts, n_heads: int):
+def _layer(layer: dict, x_btd: jax.Array, cos_bth, sin_bth, attend_fn, n_heads: int):
   attn = layer["self_attn"]
   b, t, d = x_btd.shape
   h_btd = layer_norm(x_btd, layer["self_attn_layer_norm"]["scale"],
@@ -65,40 +72,106 @@ def _layer(layer: dict, x_btd: jax.Array, cos_bth, sin_bth, mask_bts, n_heads: i
   q_btnh = apply_rope(heads(attn["q_proj"]), cos_bth, sin_bth)
   k_btnh = apply_rope(heads(attn["k_proj"]), cos_bth, sin_bth)
   q_btnh = sharding.constrain(q_btnh, ("batch", "length", "activation_heads", None))
-  o_btnh = attend(q_btnh, k_btnh, heads(attn["v_proj"]), mask_bts)
+  o_btnh = attend_fn(q_btnh, k_btnh, heads(attn["v_proj"]))
   x_btd = x_btd + dense(attn["out_proj"], o_btnh.reshape(b, t, d))
   h_btd = layer_norm(x_btd, layer["final_layer_norm"]["scale"], layer["final_layer_norm"]["bias"])
   x_btd = x_btd + dense(layer["fc2"], gelu(dense(layer["fc1"], h_btd)))
   return sharding.constrain(x_btd, ("batch", "length", "activation_embed"))
 
 
-def transformer(layers: dict, x_btd: jax.Array, lengths_b: jax.Array, *, n_heads: int,
-                rope_theta: float, causal: bool, window: tuple[int, int],
+def local_attend(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array,
+                 positions_bt: jax.Array, segment_ids_bt: jax.Array, *, causal: bool,
+                 window: tuple[int, int]) -> jax.Array:
+  """Self-attention under the `attention_mask` rule with a bounded window, in O(t * window).
+
+  The row is cut into blocks of w = max(left, right) steps (right is 0 when causal); block i
+  attends only to blocks i - ceil(left / w) .. i + ceil(right / w), under the exact
+  `attention_mask` rule, so every key the full mask would keep is present and each query's
+  softmax is the same sum (the dropped keys have probability exactly 0 under the mask). Exact
+  wherever positions advance by one per step within a segment (arange, or restarting per
+  segment of a packed row), so that the window in positions is the window in steps. The padding
+  added to fill the blocks takes segment -1, which no query of the row shares.
+  """
+  left, right = window
+  right = 0 if causal else right
+  if left < 0 or right < 0:
+    raise ValueError(f"local_attend needs a bounded window, got {window} (causal={causal})")
+  b, t, n, h = q_btnh.shape
+  w = max(left, right, 1)
+  n_blocks, before, after = -(-t // w), -(-left // w), -(-right // w)
+  span = (before + 1 + after) * w
+
+  def padded(x_bt_, fill):  # [b, t, ...] -> [b, (before + n_blocks + after) * w, ...]
+    widths = [(0, 0), (before * w, n_blocks * w - t + after * w)] + [(0, 0)] * (x_bt_.ndim - 2)
+    return jnp.pad(x_bt_, widths, constant_values=fill)
+
+  def query_blocks(x_bt_, fill):  # -> [b * n_blocks, w, ...]
+    x_bt_ = padded(x_bt_, fill)[:, before * w:(before + n_blocks) * w]
+    return x_bt_.reshape(b * n_blocks, w, *x_bt_.shape[2:])
+
+  def key_blocks(x_bt_, fill):  # -> [b * n_blocks, span, ...]: block i and its neighbours
+    x_bt_ = padded(x_bt_, fill)
+    shifted = [x_bt_[:, j * w:(j + n_blocks) * w].reshape(b, n_blocks, w, *x_bt_.shape[2:])
+               for j in range(before + 1 + after)]
+    return jnp.concatenate(shifted, axis=2).reshape(b * n_blocks, span, *x_bt_.shape[2:])
+
+  mask_xws = attention_mask(query_blocks(positions_bt, 0), key_blocks(positions_bt, 0),
+                            query_blocks(segment_ids_bt, -1), key_blocks(segment_ids_bt, -1),
+                            causal=causal, window=window)
+  o_xwnh = attend(query_blocks(q_btnh, 0), key_blocks(k_btkh, 0), key_blocks(v_btkh, 0),
+                  mask_xws)
+  return o_xwnh.reshape(b, n_blocks * w, n, h)[:, :t]
+
+
+def _attention_fn(cfg: CodecConfig, positions_bt: jax.Array, segment_ids_bt: jax.Array,
+                  causal: bool, window: tuple[int, int]):
+  """(q, k, v) -> attention output under the stack's window, by `cfg.attention`.
+
+  A window unbounded on a side the stack can see (left, or right when not causal) needs every
+  score of the [t, t] mask it keeps, so it takes the masked path under either choice.
+  """
+  left, right = window
+  if cfg.attention == "blocked" and left >= 0 and (causal or right >= 0):
+    return functools.partial(local_attend, positions_bt=positions_bt,
+                             segment_ids_bt=segment_ids_bt, causal=causal, window=window)
+  mask_bts = attention_mask(positions_bt, positions_bt, segment_ids_bt, segment_ids_bt,
+                            causal=causal, window=window)
+  return lambda q_btnh, k_btnh, v_btnh: attend(q_btnh, k_btnh, v_btnh, mask_bts)
+
+
+def transformer(layers: dict, x_btd: jax.Array, lengths_b: jax.Array, cfg: CodecConfig, *,
+                n_heads: int, causal: bool, window: tuple[int, int],
                 skip_layer_id: int | None = None) -> jax.Array:
   """Runs the stacked layers over rows whose first lengths_b[i] steps are valid.
 
   RoPE positions restart at 0 in every row (the official per-sequence `get_position_ids`).
   `skip_layer_id` = k adds the output of layer k (1-based) to the last layer's output, the
   encoder's skip connection; it is carried through the scan so no per-layer states are stored.
+  The layers compute in `cfg.dtype` (weights cast per layer) and the result comes back in x's
+  dtype; `cfg.remat` recomputes each layer in the backward pass.
   """
   b, t, d = x_btd.shape
+  dtype = jnp.dtype(cfg.dtype)
   positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   segment_ids_bt = (positions_bt < lengths_b[:, None]).astype(jnp.int32)  # padding: segment 0
-  cos_bth, sin_bth = rope_tables(positions_bt, d // n_heads, rope_theta)
-  mask_bts = attention_mask(positions_bt, positions_bt, segment_ids_bt, segment_ids_bt,
-                            causal=causal, window=window)
+  cos_bth, sin_bth = rope_tables(positions_bt, d // n_heads, cfg.rope_theta)
+  attend_fn = _attention_fn(cfg, positions_bt, segment_ids_bt, causal, window)
   skip_id = -1 if skip_layer_id is None else skip_layer_id - 1
 
   def body(carry, xs):
     x_btd, skip_btd = carry
     index, layer = xs
-    x_btd = _layer(layer, x_btd, cos_bth, sin_bth, mask_bts, n_heads)
+    layer = jax.tree.map(lambda w: w.astype(dtype), layer)
+    x_btd = _layer(layer, x_btd, cos_bth, sin_bth, attend_fn, n_heads)
     return (x_btd, jnp.where(index == skip_id, x_btd, skip_btd)), None
 
+  if cfg.remat:
+    body = jax.checkpoint(body, prevent_cse=False)  # under scan, CSE cannot merge across steps
   n_layers = jax.tree.leaves(layers)[0].shape[0]
-  (x_btd, skip_btd), _ = jax.lax.scan(
-      body, (x_btd, jnp.zeros_like(x_btd)), (jnp.arange(n_layers), layers))
-  return x_btd + skip_btd
+  h_btd = x_btd.astype(dtype)
+  (h_btd, skip_btd), _ = jax.lax.scan(
+      body, (h_btd, jnp.zeros_like(h_btd)), (jnp.arange(n_layers), layers))
+  return (h_btd + skip_btd).astype(x_btd.dtype)
 
 
 def valid_mask(lengths_b: jax.Array, t: int) -> jax.Array:

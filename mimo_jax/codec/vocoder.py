@@ -77,8 +77,8 @@ def vocode(params: dict, cfg: CodecConfig, mel_btm: jax.Array, lengths_b: jax.Ar
   x_btd = dense(params["embeddings"], mel_btm * valid_mask(lengths_b, mel_btm.shape[1]))
   # Windows are per sequence; positions restart per row (the official running index over a packed
   # batch differs only by an offset, which RoPE attention does not see).
-  x_btd = transformer(params["layers"], x_btd, lengths_b, n_heads=cfg.vocoder_attention_heads,
-                      rope_theta=cfg.rope_theta, causal=False,
+  x_btd = transformer(params["layers"], x_btd, lengths_b, cfg,
+                      n_heads=cfg.vocoder_attention_heads, causal=False,
                       window=cfg.vocoder_attn_window_size)
   x_btd = layer_norm(x_btd, params["layer_norm"]["scale"], params["layer_norm"]["bias"])
   return istft_head(params["head"], cfg, x_btd, lengths_b)

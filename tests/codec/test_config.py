@@ -39,6 +39,13 @@ def test_config_json_round_trip_with_official_keys(tmp_path):
   assert codec_config.load_codec_config(str(tmp_path)) == cfg
 
 
+def test_runtime_fields_never_enter_config_json(tmp_path):
+  cfg = codec_config.tiny(attention="masked", dtype="bfloat16", remat=True)
+  assert not codec_config.RUNTIME_FIELDS & set(cfg.to_official_dict())
+  codec_config.save_codec_config(cfg, str(tmp_path))
+  assert codec_config.load_codec_config(str(tmp_path)) == codec_config.tiny()
+
+
 def test_a_short_codebook_list_repeats_its_last_size():
   cfg = codec_config.tiny(num_quantizers=12, codebook_size=(1024, 1024, 128))
   assert cfg.codebook_sizes == (1024, 1024) + (128,) * 10
@@ -55,6 +62,9 @@ def test_a_short_codebook_list_repeats_its_last_size():
     ({"encoder_skip_layer_id": 3}, "encoder_skip_layer_id"),
     ({"nfft": 1000, "window_size": 1000}, "nfft"),
     ({"decoder_stride_size": 3}, "decoder_stride_size"),
+    ({"attention": "flash"}, "attention"),
+    ({"dtype": "int8"}, "dtype"),
+    ({"remat": "full"}, "remat"),
 ])
 def test_bad_values_name_the_field(changes, field):
   with pytest.raises(ConfigError, match=f"^{field}:"):
