@@ -10,8 +10,8 @@ experiments/results/plan_7b_v4_128_*.md:
   python -m mimo_jax.plan --config=experiments/configs/7b_v4_128.py --topology=v4-128 \
       --phase=understanding   # or generation
 
-The recipe (precision, remat, chunked CE, phase 2 overrides) is
-`mimo_jax.train.config.recipe_7b`.
+The recipe (precision, remat, chunked CE, splash attention, audio capacity, phase 2 overrides)
+is `mimo_jax.train.config.recipe_7b`.
 """
 
 from mimo_jax.train.config import recipe_7b

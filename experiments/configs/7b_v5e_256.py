@@ -10,12 +10,12 @@ experiments/results/plan_7b_v5e_256_*.md:
   python -m mimo_jax.plan --config=experiments/configs/7b_v5e_256.py --topology=v5e-256 \
       --phase=understanding   # or generation
 
-Phase 1 fits (7.4 GiB peak per chip). Phase 2 does NOT fit yet: 16.7 GiB, 0.9 GiB over, with XLA
-or splash attention alike (the patch decoder's activations are what grow); it needs a
-sequence-sharded or lighter-rematerialised patch decoder, or a v5p/v4 slice.
+Phase 2 needs the recipe's audio capacity: with the patch encoder and decoder on every position
+it peaked at 16.7 GiB (0.9 GiB over, XLA or splash attention alike: the patch decoder's
+activations are what grow); on 62.5% of the positions it peaks at 12.4 GiB.
 
-The recipe (precision, remat, chunked CE, phase 2 overrides) is
-`mimo_jax.train.config.recipe_7b`.
+The recipe (precision, remat, chunked CE, splash attention, audio capacity, phase 2 overrides)
+is `mimo_jax.train.config.recipe_7b`. A two-slice version is `7b_v5e_256x2.py`.
 """
 
 from mimo_jax.train.config import recipe_7b

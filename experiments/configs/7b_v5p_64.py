@@ -7,8 +7,8 @@ chip. The planner's report for both phases is in experiments/results/plan_7b_v5p
   python -m mimo_jax.plan --config=experiments/configs/7b_v5p_64.py --topology=v5p-64 \
       --phase=understanding   # or generation
 
-The recipe (precision, remat, chunked CE, phase 2 overrides) is
-`mimo_jax.train.config.recipe_7b`.
+The recipe (precision, remat, chunked CE, splash attention, audio capacity, phase 2 overrides)
+is `mimo_jax.train.config.recipe_7b`.
 """
 
 from mimo_jax.train.config import recipe_7b

@@ -152,7 +152,9 @@ def recipe_7b() -> ml_collections.ConfigDict:
   """MiMo-Audio 7B pre-training (spec §5.1), phase 1 by default: 16.8M tokens per optimizer step
   (2048 sequences x 8192 LLM positions), bf16 compute over fp32 master weights and Adam moments,
   every decoder layer rematerialised, the text cross-entropy over the 151,680-entry vocabulary in
-  chunks of 1024 positions. Each `experiments/configs/7b_<slice>.py` adds its mesh and how many
+  chunks of 1024 positions, splash attention in the backbone (TPU: the [t, t] scores are never
+  held), and the patch encoder and decoder on 62.5% of each sequence's positions (see below).
+  Each `experiments/configs/7b_<slice>.py` adds its mesh and how many
   micro-batches the slice needs. Phase 2: --config.train.phase=generation
   --config.train.steps=298000 --config.data.path=gs://BUCKET/shards/phase2 (spec §5.1: 2.6T and
   5T tokens). Launch on every worker with tpu_setup/tpu.sh run (see tpu_setup/README.md)."""
@@ -166,6 +168,14 @@ def recipe_7b() -> ml_collections.ConfigDict:
   cfg.train.batch_size = 2048
   cfg.train.positions = 8192
   cfg.loss.text_chunk_size = 1024
+  cfg.model.attention = "splash"
+  # Audio capacity: phase 2 is 5T tokens of which 2.4T audio (spec §5.1; one token per LLM
+  # position), so 48% of positions are audio on average (phase 1: 1.4T of 2.6T, 54%). Rows are
+  # packed from many utterance-sized documents, so each row's audio share scatters around that
+  # mean; 0.625 (5120 of 8192 slots, a multiple of the 512-row tiles) leaves 14.5 points above
+  # phase 2's mean (8.5 above phase 1's) before anything is dropped. Drops are counted in the
+  # audio_dropped_inputs / audio_dropped_targets metrics: raise the capacity if they are not ~0.
+  cfg.train.audio_capacity = 0.625
   cfg.data.source = "shards"
   cfg.data.path = "gs://BUCKET/shards/phase1"
   cfg.data.empty_id = 151667  # <|empty|> of the MiMo tokenizer (spec §2.1)
