@@ -90,6 +90,10 @@ def parse_mesh(flag: str, n_devices: int, n_slices: int = 1) -> dict[str, int]:
   return {"dcn": dcn, **{name: sizes.get(name, 1) for name in MESH_AXES}}
 
 
+# Device kinds whose torus jax.make_mesh lets a mesh axis split (jax's mesh_utils: v5e).
+_SPLITTABLE_TORUS_KINDS = ("TPU v5 lite", "TPU v5e")
+
+
 def num_slices(devices: Sequence[jax.Device]) -> int:
   """TPU slices the devices span (devices of other platforms have no slice: one)."""
   return len({getattr(d, "slice_index", 0) for d in devices})
@@ -110,8 +114,12 @@ def make_mesh(flag: str = "data:1,fsdp:-1,tensor:1",
   # slice_index, each slice tiled by the flag's sizes, slices stacked along `data`.
   ici = [sizes[name] for name in MESH_AXES]
   dcn = [sizes["dcn"] if name == "data" else 1 for name in MESH_AXES]
-  return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices), MESH_AXES,
-              axis_types=axis_types)
+  # As jax.make_mesh lays out one slice: a v5e axis may split a torus axis (fsdp:32,tensor:8 on
+  # 16x16), which the 2D v5e torus allows and the hybrid mesh refuses by default.
+  split = devices[0].device_kind in _SPLITTABLE_TORUS_KINDS
+  return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                   allow_split_physical_axes=split),
+              MESH_AXES, axis_types=axis_types)
 
 
 def logical_to_spec(axes: Sequence[str | None]) -> PartitionSpec:

@@ -82,10 +82,14 @@ def test_mesh_that_splits_a_torus_axis_is_named():
 
 
 @needs_libtpu
-def test_multislice_mesh_puts_data_across_slices():
-  topo = topology.parse_topology("v5e-4", num_slices=2)
-  mesh = topology.topology_mesh(topo, "data:1,fsdp:2,tensor:2")
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+@pytest.mark.parametrize("name, mesh_flag, fsdp, tensor", [
+    ("v5e-4", "data:1,fsdp:2,tensor:2", 2, 2),
+    # fsdp:8 splits an axis of the 4x4 torus, as the 7B v5e-256 mesh (fsdp:32 on 16x16) does.
+    ("v5e-16", "dcn:2,data:1,fsdp:8,tensor:2", 8, 2)])
+def test_multislice_mesh_puts_data_across_slices(name, mesh_flag, fsdp, tensor):
+  topo = topology.parse_topology(name, num_slices=2)
+  mesh = topology.topology_mesh(topo, mesh_flag)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": fsdp, "tensor": tensor}
   slices = [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)]
   assert slices == [{0}, {1}]
 
