@@ -94,10 +94,25 @@ def _id_mask(ids_bs: jax.Array, v: int, when_b: jax.Array) -> jax.Array:
       jnp.broadcast_to(when_b[:, None], ids_bs.shape), mode="drop")
 
 
+def patch_heads(params: dict, cfg: MimoAudioConfig) -> jax.Array:
+  """The c audio heads as one [d, c * v] matrix, each padded to the widest vocabulary v.
+
+  Built once per decode, outside its loops: stacked inside the patch decoder's scan as
+  [c, d, v], XLA re-laid it out for the dot (a copy of the whole matrix) at every step, which
+  cost more than the rest of the step on the tiny model.
+  """
+  v = max(cfg.speech_vocab_size)
+  return jnp.concatenate([jnp.pad(h["kernel"].astype(cfg.dtype),
+                                  ((0, 0), (0, v - h["kernel"].shape[1])))
+                          for h in params["local_transformer_lm_heads"]], axis=1)
+
+
 def decode_patch(params: dict, cfg: MimoAudioConfig, cond_bd: jax.Array, keys_b: jax.Array,
-                 sp: SamplerParams) -> tuple[jax.Array, jax.Array, tuple]:
+                 sp: SamplerParams, heads_dn: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array, tuple]:
   """One patch per row from the patch decoder's delayed steps (spec §3.4).
 
+  heads_dn: `patch_heads(params, cfg)`, passed in by a caller that decodes many patches.
   Returns the un-delayed codes [b, g, c], the codes as emitted [s, b, c] (channel r holds frame
   t - delay_r at step t and its empty id outside its g steps) and each channel's logits
   [b, g, v_c] (fp32, raw) at the steps it emitted. Empty ids are never sampled.
@@ -112,20 +127,24 @@ def decode_patch(params: dict, cfg: MimoAudioConfig, cond_bd: jax.Array, keys_b:
   # in the compiled loop instead of c); padded ids are -inf before the filters, so each channel's
   # top-k / top-p see its own vocabulary only, and the empty ids are banned after them.
   v = int(vocab_c.max())
-  heads_cdv = jnp.stack([jnp.pad(h["kernel"].astype(cfg.dtype), ((0, 0), (0, v - h["kernel"].shape[1])))
-                         for h in params["local_transformer_lm_heads"]])
+  if heads_dn is None:
+    heads_dn = patch_heads(params, cfg)
   outside_cv = np.arange(v)[None, :] >= vocab_c[:, None]
   banned_cv = np.arange(v)[None, :] == np.asarray(cfg.speech_zeroemb_idx)[:, None]
   sp_n = SamplerParams(*(jnp.repeat(jnp.asarray(x), c) for x in sp))
+  # Every step's keys at once (one batched hash instead of one per step): step t, channel ch
+  # draws with fold_in(keys_b, t * c + ch).
+  keys_sbc = jax.vmap(lambda t: jax.vmap(lambda ch: _fold(keys_b, t * c + ch), out_axes=1)(
+      jnp.arange(c)))(jnp.arange(steps))
 
-  def body(carry, t):
+  def body(carry, t_keys):
+    t, keys_bc = t_keys
     x_bd, cache = carry
     out_b1d, cache = stack_forward(params["local_transformer"], x_bd[:, None], cfg.patch_decoder,
                                    positions_bt=jnp.full((b, 1), t, jnp.int32), cache=cache)
-    logits_bcv = jnp.einsum("bd,cdv->bcv", out_b1d[:, 0], heads_cdv,
-                            preferred_element_type=jnp.float32)
+    logits_bcv = jnp.einsum("bd,dn->bn", out_b1d[:, 0], heads_dn,
+                            preferred_element_type=jnp.float32).reshape(b, c, v)
     logits_bcv = jnp.where(outside_cv, -jnp.inf, logits_bcv)
-    keys_bc = jax.vmap(lambda ch: _fold(keys_b, t * c + ch), out_axes=1)(jnp.arange(c))
     tokens_n = sample(keys_bc.reshape(-1), logits_bcv.reshape(b * c, v), sp_n,
                       jnp.broadcast_to(banned_cv, (b, c, v)).reshape(b * c, v))
     valid_c = jnp.asarray(valid_sc)[t]
@@ -139,7 +158,7 @@ def decode_patch(params: dict, cfg: MimoAudioConfig, cond_bd: jax.Array, keys_b:
 
   cache = init_cache(cfg.patch_decoder, b, steps)
   _, (delayed_sbc, logits_sbcv) = jax.lax.scan(body, (cond_bd.astype(cfg.dtype), cache),
-                                               jnp.arange(steps))
+                                               (jnp.arange(steps), keys_sbc))
   codes_bgc = jnp.stack([delayed_sbc[d:d + g, :, ch].T
                          for ch, d in enumerate(cfg.delay_pattern)], axis=-1)
   logits = tuple(jnp.moveaxis(logits_sbcv[d:d + g, :, ch, :vocab_c[ch]], 0, 1)
@@ -231,8 +250,8 @@ def _given_advance(settings: Settings, progress: GivenProgress, token_b: jax.Arr
                                               & wrote_text_b))
 
 
-def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, wrap_cache: bool,
-          settings: Settings, state: State) -> State:
+def _step(params: dict, heads_dn: jax.Array, cfg: MimoAudioConfig, empty_id: int,
+          wrap_cache: bool, settings: Settings, state: State) -> State:
   b = state.hidden_bd.shape[0]
   g, c = cfg.group_size, cfg.audio_channels
   rows_b = jnp.arange(b)
@@ -256,7 +275,8 @@ def _step(params: dict, cfg: MimoAudioConfig, empty_id: int, wrap_cache: bool,
   empty_c = jnp.asarray(cfg.speech_zeroemb_idx, jnp.int32)
 
   def run_decoder(_):
-    codes_bgc, _, logits = decode_patch(params, cfg, cond_bd, _fold(keys_b, 1), settings.audio)
+    codes_bgc, _, logits = decode_patch(params, cfg, cond_bd, _fold(keys_b, 1), settings.audio,
+                                        heads_dn)
     return codes_bgc, logits
 
   def skip_decoder(_):
@@ -317,8 +337,8 @@ def decode(params: dict, cfg: MimoAudioConfig, state: State, settings: Settings,
   if not wrap_cache:
     until = jnp.minimum(until, state.text_bn.shape[1])
   return jax.lax.while_loop(lambda s: (s.step < until) & ~jnp.all(s.done_b),
-                            functools.partial(_step, params, cfg, empty_id, wrap_cache,
-                                              settings), state)
+                            functools.partial(_step, params, patch_heads(params, cfg), cfg,
+                                              empty_id, wrap_cache, settings), state)
 
 
 # --- host side ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry_2x32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,20 +99,26 @@ class SamplerParams(NamedTuple):
 CANDIDATES = 256
 
 
-def filter_logits(logits_bv: jax.Array, sp: SamplerParams) -> jax.Array:
-  """Tempered logits with everything outside top-k and the top-p nucleus set to -inf.
+class Nucleus(NamedTuple):
+  """What the filters keep: tempered logits x_bv >= keep_from_b, and the top candidates."""
 
-  Nucleus (official rule): in ascending order, drop the prefix whose cumulative mass is <= 1 - p
-  and never the top token; equivalently keep, from the top, every token whose higher-ranked
-  tokens hold less than p of the mass. The kept set is a top segment, so one threshold value
-  replaces the official scatter.
-  """
+  x_bv: jax.Array  # fp32 tempered logits
+  keep_from_b: jax.Array  # smallest kept value per row (-inf: every token)
+  top_bn: jax.Array  # the n largest tempered logits, descending
+  ids_bn: jax.Array  # their ids
+  inside_b: jax.Array  # bool: every kept token is among the candidates
+
+
+def nucleus(logits_bv: jax.Array, sp: SamplerParams) -> Nucleus:
+  """Temperature, top-k and top-p of each row (see `filter_logits`)."""
   v = logits_bv.shape[-1]
   x_bv = logits_bv.astype(jnp.float32) / sp.temperature_b[:, None]
   k_b = jnp.where((sp.top_k_b > 0) & (sp.top_k_b < v), sp.top_k_b, v)
   use_p_b = sp.top_p_b < 1
   n = min(CANDIDATES, v)
-  top_bn = jax.lax.top_k(x_bv, n)[0]  # descending
+  # Descending. The barrier keeps XLA:CPU's TopK kernel: with the ids passed on into a `cond`
+  # it otherwise lowers top_k to a full sort of the vocabulary (10x slower at 8 x 1025).
+  top_bn, ids_bn = jax.lax.optimization_barrier(jax.lax.top_k(x_bv, n))
 
   def threshold(desc_bm):
     """Smallest kept value per row from the m largest tempered logits (descending)."""
@@ -132,7 +139,67 @@ def filter_logits(logits_bv: jax.Array, sp: SamplerParams) -> jax.Array:
   full = lambda: threshold(-jnp.sort(-x_bv, axis=-1))[0]
   needs_sort = jnp.any(((k_b > n) & (k_b < v)) | (use_p_b & ~covered_b))
   keep_from_b = jax.lax.cond(needs_sort, full, lambda: fast_b)
-  return jnp.where(x_bv < keep_from_b[:, None], -jnp.inf, x_bv)
+  # Strictly below the last candidate: a tie with it could reach past the candidates.
+  inside_b = (n == v) | (top_bn[:, -1] < keep_from_b)
+  return Nucleus(x_bv, keep_from_b, top_bn, ids_bn.astype(jnp.int32), inside_b)
+
+
+def filter_logits(logits_bv: jax.Array, sp: SamplerParams) -> jax.Array:
+  """Tempered logits with everything outside top-k and the top-p nucleus set to -inf.
+
+  Nucleus (official rule): in ascending order, drop the prefix whose cumulative mass is <= 1 - p
+  and never the top token; equivalently keep, from the top, every token whose higher-ranked
+  tokens hold less than p of the mass. The kept set is a top segment, so one threshold value
+  replaces the official scatter.
+  """
+  nuc = nucleus(logits_bv, sp)
+  return jnp.where(nuc.x_bv < nuc.keep_from_b[:, None], -jnp.inf, nuc.x_bv)
+
+
+def _gumbel_reproducible() -> bool:
+  """`gumbel_at` reproduces `jax.random.gumbel` under JAX's default threefry settings only."""
+  return (jax.config.jax_threefry_partitionable and not jax.config.jax_high_dynamic_range_gumbel
+          and jax.config.jax_default_prng_impl == "threefry2x32")
+
+
+def gumbel_at(key: jax.Array, ids_n: jax.Array) -> jax.Array:
+  """The entries ids_n of `jax.random.gumbel(key, (v,))` for any v > max(ids_n), computed
+  without the other v - n: with partitionable threefry, entry i hashes the counter (0, i); the
+  bits become a float in [tiny, 1) as `jax.random.uniform` makes them, then -log(-log(u))."""
+  k1, k2 = jax.random.key_data(key)
+  n = ids_n.shape[0]
+  bits_2n = threefry_2x32(
+      (k1, k2), jnp.concatenate([jnp.zeros((n,), jnp.uint32), ids_n.astype(jnp.uint32)]))
+  bits_n = bits_2n[:n] ^ bits_2n[n:]
+  finfo = jnp.finfo(jnp.float32)
+  one = np.array(1.0, np.float32).view(np.uint32)
+  floats_n = jax.lax.bitcast_convert_type((bits_n >> np.uint32(32 - finfo.nmant)) | one,
+                                          jnp.float32) - jnp.float32(1)
+  minval = jnp.float32(finfo.tiny)
+  u_n = jax.lax.max(minval, floats_n * (jnp.float32(1) - minval) + minval)
+  return -jnp.log(-jnp.log(u_n))
+
+
+def _draw_candidates(keys_b: jax.Array, nuc: Nucleus, banned_bv: jax.Array | None) -> jax.Array:
+  """`jax.random.categorical` over the filtered vocabulary, drawn on the candidates alone (they
+  hold every kept token): the Gumbel-max argmax with the same noise at the same ids, ties to the
+  lowest id as argmax breaks them."""
+  x_bn = jnp.where(nuc.top_bn < nuc.keep_from_b[:, None], -jnp.inf, nuc.top_bn)
+  if banned_bv is not None:
+    x_bn = jnp.where(jnp.take_along_axis(banned_bv, nuc.ids_bn, axis=-1), -jnp.inf, x_bn)
+  z_bn = jax.vmap(gumbel_at)(keys_b, nuc.ids_bn) + x_bn
+  best_b1 = jnp.max(z_bn, axis=-1, keepdims=True)
+  v = nuc.x_bv.shape[-1]
+  first_b = jnp.min(jnp.where(z_bn == best_b1, nuc.ids_bn, v), axis=-1)
+  # Nothing kept (every kept id banned): argmax over an all -inf row is id 0.
+  return jnp.where(best_b1[:, 0] == -jnp.inf, 0, first_b).astype(jnp.int32)
+
+
+def _draw_vocab(keys_b: jax.Array, nuc: Nucleus, banned_bv: jax.Array | None) -> jax.Array:
+  x_bv = jnp.where(nuc.x_bv < nuc.keep_from_b[:, None], -jnp.inf, nuc.x_bv)
+  if banned_bv is not None:
+    x_bv = jnp.where(banned_bv, -jnp.inf, x_bv)
+  return jax.vmap(jax.random.categorical)(keys_b, x_bv).astype(jnp.int32)
 
 
 def sample(keys_b: jax.Array, logits_bv: jax.Array, sp: SamplerParams,
@@ -140,17 +207,25 @@ def sample(keys_b: jax.Array, logits_bv: jax.Array, sp: SamplerParams,
   """One token id per row [b] (int32). keys_b: one PRNG key per row, so a row's draw does not
   depend on the rest of the batch. banned_bv: ids that must not be drawn (set to -inf after the
   filters, as the official sampler's removed tokens)."""
-  raw_bv = logits_bv.astype(jnp.float32)
-  if banned_bv is not None:
-    raw_bv = jnp.where(banned_bv, -jnp.inf, raw_bv)
-  argmax_b = jnp.argmax(raw_bv, axis=-1).astype(jnp.int32)
+
+  def greedy():
+    raw_bv = logits_bv.astype(jnp.float32)
+    if banned_bv is not None:
+      raw_bv = jnp.where(banned_bv, -jnp.inf, raw_bv)
+    return jnp.argmax(raw_bv, axis=-1).astype(jnp.int32)
 
   def draw():
-    x_bv = filter_logits(logits_bv, sp)
-    if banned_bv is not None:
-      x_bv = jnp.where(banned_bv, -jnp.inf, x_bv)
-    return jax.vmap(jax.random.categorical)(keys_b, x_bv).astype(jnp.int32)
+    nuc = nucleus(logits_bv, sp)
+    # The Gumbel noise of the whole vocabulary (a hash per id) cost more than the rest of the
+    # sampler; where the kept tokens lie among the candidates, their noise alone decides.
+    if _gumbel_reproducible():
+      drawn_b = jax.lax.cond(jnp.all(nuc.inside_b), _draw_candidates, _draw_vocab,
+                             keys_b, nuc, banned_bv)
+    else:
+      drawn_b = _draw_vocab(keys_b, nuc, banned_bv)
+    # Greedy rows of a mixed batch take the argmax (skipped when there are none).
+    return jax.lax.cond(jnp.any(sp.greedy_b), lambda: jnp.where(sp.greedy_b, greedy(), drawn_b),
+                        lambda: drawn_b)
 
   # An all-greedy batch skips the vocabulary sorts of the filters and the draw.
-  drawn_b = jax.lax.cond(jnp.all(sp.greedy_b), lambda: argmax_b, draw)
-  return jnp.where(sp.greedy_b, argmax_b, drawn_b)
+  return jax.lax.cond(jnp.all(sp.greedy_b), greedy, draw)
