@@ -107,6 +107,22 @@ def patch_heads(params: dict, cfg: MimoAudioConfig) -> jax.Array:
                           for h in params["local_transformer_lm_heads"]], axis=1)
 
 
+def _emitting(cfg: MimoAudioConfig) -> tuple[np.ndarray, np.ndarray]:
+  """The channels that emit a frame at each patch-decoder step, padded with c to the most at
+  any step (g for the official delays): chan_sw [s, w], and for each channel its g slots as
+  (step, slot) pairs slot_cg2 [c, g, 2]."""
+  _, valid_sc = model.delay_schedule(cfg)
+  steps, c = valid_sc.shape
+  chan_sw = np.full((steps, int(valid_sc.sum(1).max())), c, np.int32)
+  slot_cg2 = np.zeros((c, cfg.group_size, 2), np.int32)
+  for t in range(steps):
+    emitting = np.flatnonzero(valid_sc[t])
+    chan_sw[t, :len(emitting)] = emitting
+    for j, ch in enumerate(emitting):
+      slot_cg2[ch, t - cfg.delay_pattern[ch]] = t, j
+  return chan_sw, slot_cg2
+
+
 def decode_patch(params: dict, cfg: MimoAudioConfig, cond_bd: jax.Array, keys_b: jax.Array,
                  sp: SamplerParams, heads_dn: jax.Array | None = None
                  ) -> tuple[jax.Array, jax.Array, tuple]:
@@ -120,49 +136,55 @@ def decode_patch(params: dict, cfg: MimoAudioConfig, cond_bd: jax.Array, keys_b:
   b = cond_bd.shape[0]
   g, c = cfg.group_size, cfg.audio_channels
   _, valid_sc = model.delay_schedule(cfg)
-  steps = valid_sc.shape[0]
+  chan_sw, slot_cg2 = _emitting(cfg)
+  steps, w = chan_sw.shape
   vocab_c = np.asarray(cfg.speech_vocab_size)
   empty_c = jnp.asarray(cfg.speech_zeroemb_idx, jnp.int32)
-  # The c heads padded to the widest vocabulary and sampled as one [b * c, v] batch (one sampler
-  # in the compiled loop instead of c); padded ids are -inf before the filters, so each channel's
-  # top-k / top-p see its own vocabulary only, and the empty ids are banned after them.
+  # The c heads padded to the widest vocabulary; at each step only the w channels that emit
+  # (4 of 8 with the official delays) are sampled, as one [b * w, v] batch. Padded ids are -inf
+  # before the filters, so each channel's top-k / top-p see its own vocabulary only, and the
+  # empty ids are banned after them. A padding slot (index c) samples channel c - 1 in vain.
   v = int(vocab_c.max())
   if heads_dn is None:
     heads_dn = patch_heads(params, cfg)
   outside_cv = np.arange(v)[None, :] >= vocab_c[:, None]
   banned_cv = np.arange(v)[None, :] == np.asarray(cfg.speech_zeroemb_idx)[:, None]
-  sp_n = SamplerParams(*(jnp.repeat(jnp.asarray(x), c) for x in sp))
+  sp_n = SamplerParams(*(jnp.repeat(jnp.asarray(x), w) for x in sp))
   # Every step's keys at once (one batched hash instead of one per step): step t, channel ch
   # draws with fold_in(keys_b, t * c + ch).
-  keys_sbc = jax.vmap(lambda t: jax.vmap(lambda ch: _fold(keys_b, t * c + ch), out_axes=1)(
-      jnp.arange(c)))(jnp.arange(steps))
+  keys_sbw = jax.vmap(lambda t, chan_w: jax.vmap(lambda ch: _fold(keys_b, t * c + ch),
+                                                 out_axes=1)(chan_w))(
+      jnp.arange(steps), jnp.minimum(chan_sw, c - 1))
 
-  def body(carry, t_keys):
-    t, keys_bc = t_keys
+  def body(carry, xs):
+    t, chan_w, keys_bw = xs
     x_bd, cache = carry
     out_b1d, cache = stack_forward(params["local_transformer"], x_bd[:, None], cfg.patch_decoder,
                                    positions_bt=jnp.full((b, 1), t, jnp.int32), cache=cache)
     logits_bcv = jnp.einsum("bd,dn->bn", out_b1d[:, 0], heads_dn,
                             preferred_element_type=jnp.float32).reshape(b, c, v)
-    logits_bcv = jnp.where(outside_cv, -jnp.inf, logits_bcv)
-    tokens_n = sample(keys_bc.reshape(-1), logits_bcv.reshape(b * c, v), sp_n,
-                      jnp.broadcast_to(banned_cv, (b, c, v)).reshape(b * c, v))
+    read_w = jnp.minimum(chan_w, c - 1)
+    logits_bwv = jnp.where(jnp.asarray(outside_cv)[read_w], -jnp.inf, logits_bcv[:, read_w])
+    tokens_n = sample(keys_bw.reshape(-1), logits_bwv.reshape(b * w, v), sp_n,
+                      jnp.broadcast_to(jnp.asarray(banned_cv)[read_w], (b, w, v)).reshape(b * w, v))
+    tokens_bc = jnp.broadcast_to(empty_c, (b, c)).at[:, chan_w].set(tokens_n.reshape(b, w),
+                                                                     mode="drop")
     valid_c = jnp.asarray(valid_sc)[t]
-    tokens_bc = jnp.where(valid_c, tokens_n.reshape(b, c), empty_c)
     # The next step reads the sum of the embeddings of the codes emitted now (shared tables).
     x_bd = model.speech_embedding_sum(params, tokens_bc, jnp.broadcast_to(valid_c, (b, c)), cfg)
     if "speech_embeddings_to_local" in params:
       x_bd = jnp.einsum("be,ed->bd", x_bd,
                         params["speech_embeddings_to_local"]["kernel"].astype(cfg.dtype))
-    return (x_bd, cache), (tokens_bc, logits_bcv)
+    return (x_bd, cache), (tokens_bc, logits_bwv)
 
   cache = init_cache(cfg.patch_decoder, b, steps)
-  _, (delayed_sbc, logits_sbcv) = jax.lax.scan(body, (cond_bd.astype(cfg.dtype), cache),
-                                               (jnp.arange(steps), keys_sbc))
+  _, (delayed_sbc, logits_sbwv) = jax.lax.scan(body, (cond_bd.astype(cfg.dtype), cache),
+                                               (jnp.arange(steps), jnp.asarray(chan_sw), keys_sbw))
   codes_bgc = jnp.stack([delayed_sbc[d:d + g, :, ch].T
                          for ch, d in enumerate(cfg.delay_pattern)], axis=-1)
-  logits = tuple(jnp.moveaxis(logits_sbcv[d:d + g, :, ch, :vocab_c[ch]], 0, 1)
-                 for ch, d in enumerate(cfg.delay_pattern))
+  logits = tuple(jnp.moveaxis(logits_sbwv[slot_cg2[ch, :, 0], :, slot_cg2[ch, :, 1], :vocab_c[ch]],
+                              0, 1)
+                 for ch in range(c))
   return codes_bgc, delayed_sbc, logits
 
 
