@@ -3,6 +3,9 @@
 Runs `mimo_jax.lm.generate` (prefill + the jitted while-loop decode) with random fp32 weights:
 
   tiny   `config.tiny()` (the official tiny fixture's shapes), batches 1, 8 and 32
+  100m   `config.tiny()` widened as experiments/bench/serve.py's 100m: hidden 768, 12 layers
+         (12 heads, 4 KV), FFN 2048, patch decoder 512 / 4 layers, patch encoder 512 / 2 layers
+         (~100M parameters), batches 1, 8 and 32 (only with --models 100m)
   1b     hidden 2048, 16 layers (16 heads, 8 KV), FFN 5504, vocab 32000, the full-size patch
          encoder / decoder width (1024, 64 heads) with 6 / 8 layers (~1.1B parameters, ~4.5 GB
          in fp32), batches 1 and 8 (only with --models 1b)
@@ -16,6 +19,8 @@ is skipped: ASR and text chat). Audio sampling uses the official preset (T 0.9, 
   decode time alone; tokens/s = batch x steps/s.
 - RTF (audio): audio seconds generated per wall second = batch x steps x 0.16 / (prefill +
   decode), LM only (the codec's decode speed is in experiments/results/codec_cpu.md).
+- GFLOP/step and weight MB/step (`step_cost`, analytic, all rows): what one LLM step must
+  compute and read; the audio/text ratio of step times is reported beside their FLOP ratio.
 - time to first audio (batch 1): prefill, then 5 LLM steps at a time through the decode and the
   codec's streaming decode (the official windows: 40 frames held back, so audio starts after 11
   patches), until the first samples come out; with the tiny official codec (random weights).
@@ -48,7 +53,7 @@ from mimo_jax import config
 from mimo_jax.codec import streaming
 from mimo_jax.codec.checkpoint import import_codec
 from mimo_jax.lm import generate as gen
-from mimo_jax.lm import model
+from mimo_jax.lm import flops, model
 from mimo_jax.lm.sampling import PRESETS, SamplerConfig
 from mimo_jax.nn.params import ParamSpec, is_spec
 
@@ -62,6 +67,10 @@ PROMPT_POSITIONS = 32
 
 MODELS = {
     "tiny": (config.tiny, (1, 8, 32)),
+    "100m": (lambda: config.tiny(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+        head_dim=64, intermediate_size=2048, local_dim=512, local_layers=4, local_attn_heads=8,
+        local_ffn_dim=1024, input_local_layers=2, input_local_dim=512), (1, 8, 32)),
     "1b": (lambda: config.tiny(
         hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8,
         head_dim=128, intermediate_size=5504, vocab_size=32000, local_dim=1024, local_layers=8,
@@ -89,6 +98,29 @@ def random_params(cfg) -> dict:
 
 def n_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
+
+
+def step_cost(cfg, batch: int, mode: str) -> dict:
+  """Analytic matmul FLOPs and weight bytes (fp32) one LLM step reads, for all rows. A text
+  step skips the patch decoder (`lax.cond`); an audio step runs its g + max(delay) steps with
+  all c heads (padded to the widest vocabulary) at each, re-reading those weights every step.
+  KV-cache reads (at most 2 x layers x cache x kv width per row) are left out: at these
+  lengths they are < 5% of the weights."""
+  cache_len = PROMPT_POSITIONS + 64
+  audio = flops.decode_step_flops(cfg, batch, cache_len)
+  dec = cfg.patch_decoder
+  steps = cfg.group_size + max(cfg.delay_pattern)
+  heads = dec.d_model * cfg.audio_channels * max(cfg.speech_vocab_size)
+  decoder_weights = flops.stack_matmul_params(dec) + heads
+  decoder = 2.0 * steps * decoder_weights + flops.stack_attention_flops(dec, 1, steps)
+  if cfg.input_local_dim != cfg.local_dim:
+    decoder += 2.0 * steps * cfg.patch_encoder.d_model * dec.d_model
+  text_weights = (flops.stack_matmul_params(cfg.backbone) + cfg.hidden_size * cfg.vocab_size
+                  + flops.stack_matmul_params(cfg.patch_encoder)
+                  + cfg.group_size * cfg.patch_encoder.d_model * cfg.hidden_size)
+  if mode == "text":
+    return {"flops": audio - batch * decoder, "weight_bytes": 4.0 * text_weights}
+  return {"flops": audio, "weight_bytes": 4.0 * (text_weights + steps * decoder_weights)}
 
 
 def requests(cfg, batch: int, steps: int, mode: str) -> list[gen.Request]:
@@ -166,6 +198,11 @@ def bench_model(name: str, steps: int, repeats: int, cores: int, codec,
              "first_call_s": compile_s, "prefill_s": prefill_s, "decode_s": decode_s,
              "steps_per_s": steps / decode_s, "tokens_per_s": batch * steps / decode_s,
              "clean": clean, "calls": records}
+      cost = step_cost(cfg, batch, mode)
+      row["step_gflop"] = cost["flops"] / 1e9
+      row["step_weight_mb"] = cost["weight_bytes"] / 1e6
+      row["gflop_per_s"] = cost["flops"] / (decode_s / steps) / 1e9
+      row["weight_gb_per_s"] = cost["weight_bytes"] / (decode_s / steps) / 1e9
       if mode == "audio":
         row["rtf_audio"] = batch * steps * PATCH_SECONDS / (prefill_s + decode_s)
       print(f"  batch {batch:3d} {mode:5s}: {row['steps_per_s']:8.1f} steps/s/row, "
@@ -191,6 +228,35 @@ def previous_rows() -> list[dict]:
     return json.load(f)["rows"]
 
 
+def copy_bandwidth_gbs(mb: int = 256, repeats: int = 3) -> float:
+  """Memory bandwidth of one core copying a large array (bytes read + written per second): the
+  scale against which the per-step weight reads are a bound."""
+  src = np.ones(mb * 2**20 // 4, np.float32)
+  dst = np.empty_like(src)
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    np.copyto(dst, src)
+    best = min(best, time.perf_counter() - t)
+  return 2 * src.nbytes / best / 1e9
+
+
+def ratios(rows: list[dict]) -> list[str]:
+  """Audio step time / text step time beside the FLOP ratio, per model and batch."""
+  by_key = {(r["model"], r["batch"], r["mode"]): r for r in rows if "steps_per_s" in r}
+  lines = []
+  for (name, batch, mode), audio in by_key.items():
+    text = by_key.get((name, batch, "text"))
+    if mode != "audio" or text is None or "step_gflop" not in audio:
+      continue
+    ratio = text["steps_per_s"] / audio["steps_per_s"]
+    lines.append(f"- {name} batch {batch}: audio step {1e3 / audio['steps_per_s']:.2f} ms, text "
+                 f"step {1e3 / text['steps_per_s']:.3f} ms: **{ratio:.1f}x** "
+                 f"(FLOP ratio {audio['step_gflop'] / text['step_gflop']:.1f}x, weight-bytes "
+                 f"ratio {audio['step_weight_mb'] / text['step_weight_mb']:.1f}x)")
+  return lines
+
+
 def markdown(report: dict) -> str:
   lines = [f"# Generation on CPU ({report['date']}; rows of models not rerun are kept from "
            f"earlier runs, each with its own load note in the json)", "",
@@ -198,16 +264,24 @@ def markdown(report: dict) -> str:
            f"Machine: {report['machine']['cpu_model']}, {report['machine']['cores_usable']} "
            f"usable cores; load average at the start {report['loadavg_start']}, at the end "
            f"{report['loadavg_end']} (the machine is shared with other work: rows marked "
-           f"'contended' had fewer than 2 clean calls).", "",
+           f"'contended' had fewer than 2 clean calls). One-core copy bandwidth "
+           f"{report.get('copy_gb_per_s', float('nan')):.1f} GB/s.", "",
            "| model | batch | steps | steps/s/row | tokens/s | RTF (LM) | prefill s | "
-           "first call s | clean |", "|---|---|---|---|---|---|---|---|---|"]
+           "first call s | GFLOP/step | GFLOP/s | weight MB/step | weight GB/s | clean |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in report["rows"]:
     if r["mode"] == "time_to_first_audio":
       continue
     lines.append(f"| {r['model']} | {r['batch']} | {r['steps']} {r['mode']} | "
                  f"{r['steps_per_s']:.1f} | {r['tokens_per_s']:.1f} | "
                  f"{r.get('rtf_audio', float('nan')):.2f} | {r['prefill_s']:.3f} | "
-                 f"{r['first_call_s']:.1f} | {'yes' if r['clean'] else 'no'} |")
+                 f"{r['first_call_s']:.1f} | {r.get('step_gflop', float('nan')):.4f} | "
+                 f"{r.get('gflop_per_s', float('nan')):.2f} | "
+                 f"{r.get('step_weight_mb', float('nan')):.1f} | "
+                 f"{r.get('weight_gb_per_s', float('nan')):.2f} | "
+                 f"{'yes' if r['clean'] else 'no'} |")
+  lines += ["", "Audio step / text step (time from the table; FLOPs and weight bytes analytic, "
+            "`step_cost`):", "", *ratios(report["rows"])]
   lines += ["", "Time to first audio (batch 1, 5 LLM steps per chunk, official streaming "
             "windows, tiny codec):", ""]
   for r in report["rows"]:
@@ -216,7 +290,10 @@ def markdown(report: dict) -> str:
                    f"patches{'' if r['clean'] else ' (contended)'}")
   lines += ["", "RTF (LM) = audio seconds generated per wall second by the LM (prefill + "
             "decode; 0.16 s per patch), before the codec decode. `audio` rows run the patch "
-            "decoder at every step, `text` rows never.", ""]
+            "decoder at every step, `text` rows never. GFLOP/step and weight MB/step are for "
+            "all rows of the batch; weight GB/s = weight bytes read per step / step time (the "
+            "weights are re-read every step; at batch 1 a step can be no faster than its "
+            "weight bytes over the memory bandwidth).", ""]
   return "\n".join(lines)
 
 
@@ -229,19 +306,23 @@ def main():
   args = parser.parse_args()
   cores = len(os.sched_getaffinity(0))
   loadavg_start = os.getloadavg()
+  copy_gbs = copy_bandwidth_gbs()
   codec = import_codec(TINY_CODEC)
   names = args.models.split(",")
-  rows = [r for r in previous_rows() if r["model"] not in names]  # keep models not rerun
+  rows = []
   for name in names:
     rows += bench_model(name, args.steps, args.repeats, cores, codec,
                         tuple(int(b) for b in args.batches.split(",") if b))
+  # Read at the end, so that runs of different models side by side keep each other's rows.
+  rows = [r for r in previous_rows() if r["model"] not in names] + rows
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=ROOT).stdout.strip()
   report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
             "commit": commit, "jax": jax.__version__, "backend": jax.default_backend(),
             "machine": machine_info(), "loadavg_start": [round(x, 1) for x in loadavg_start],
-            "loadavg_end": [round(x, 1) for x in os.getloadavg()], "rows": rows}
+            "loadavg_end": [round(x, 1) for x in os.getloadavg()], "copy_gb_per_s": copy_gbs,
+            "rows": rows}
   write_results(report, markdown(report), RESULTS_DIR, "generate")
 
 
