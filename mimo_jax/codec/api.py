@@ -117,14 +117,23 @@ def _decode_rows(params, cfg: CodecConfig, codes_btq, lengths_b):
   return decode_wav(params["decoder"], cfg, z_btd, lengths_b)
 
 
+def _batches_by_bucket(lengths: list[int]) -> list[list[int]]:
+  """Row indices grouped into batches of at most MAX_BATCH rows of one length bucket, so no row
+  is padded past its own bucket: the last second of a 60 s clip (a 1-frame row) is not run as a
+  second 60 s row."""
+  by_bucket: dict[int, list[int]] = {}
+  for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+    by_bucket.setdefault(bucket(lengths[i]), []).append(i)
+  return [ids[first:first + MAX_BATCH] for ids in by_bucket.values()
+          for first in range(0, len(ids), MAX_BATCH)]
+
+
 def _run_in_buckets(rows: list[tuple[np.ndarray, int]], pad_len, run):
   """Pads rows (array, valid length) into bucketed batches and calls run(batch, lengths);
   returns each row's output trimmed to its valid output length by `run`'s second result."""
-  order = sorted(range(len(rows)), key=lambda i: rows[i][1])  # similar lengths batch together
   out: list = [None] * len(rows)
-  for first in range(0, len(order), MAX_BATCH):
-    ids = order[first:first + MAX_BATCH]
-    size = bucket(max(rows[i][1] for i in ids))
+  for ids in _batches_by_bucket([n for _, n in rows]):
+    size = bucket(rows[ids[0]][1])
     batch = np.zeros((_batch_bucket(len(ids)), pad_len(size), *rows[ids[0]][0].shape[1:]),
                      rows[ids[0]][0].dtype)
     lengths = np.ones((batch.shape[0],), np.int32)  # dummy rows: length 1

@@ -60,6 +60,17 @@ def test_lengths_in_one_bucket_compile_once():
       16, 16, 20, 112, 160, 1536, 6144]
 
 
+def test_batches_hold_rows_of_one_length_bucket():
+  """A 60 s clip's 6000-frame row and its 1-frame remainder run as two batches, not as two
+  6144-frame rows; rows of one bucket share batches of at most MAX_BATCH."""
+  assert api._batches_by_bucket([6000, 1]) == [[1], [0]]
+  lengths = [100] * (api.MAX_BATCH + 1) + [20, 6000, 101]
+  batches = api._batches_by_bucket(lengths)
+  assert sorted(i for ids in batches for i in ids) == list(range(len(lengths)))
+  assert all(len(ids) <= api.MAX_BATCH and len({api.bucket(lengths[i]) for i in ids}) == 1
+             for ids in batches)
+
+
 def test_long_audio_is_encoded_in_independent_segments(monkeypatch):
   """Segments of SEGMENT_SECONDS of mel frames, taken from the whole-file mel, each encoded alone
   (positions restart), codes concatenated: what the official encode_batch does with 60 s."""
