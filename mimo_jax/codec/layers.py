@@ -2,7 +2,8 @@
 length-masked GroupNorm.
 
 Axis letters: b batch, t time, d model width, f FFN width, n heads, h head dim, c / o conv input /
-output channels, k conv taps, l layers.
+output channels, k conv taps, l layers; in blocked attention x = b * blocks, w steps of a block,
+s keys of a block and its neighbours.
 
 Every function takes per-row valid lengths (or masks derived from them) so that a padded batch
 gives each row exactly what the official code gives that row alone (batch 1): padding never enters
@@ -79,7 +80,7 @@ def _layer(layer: dict, x_btd: jax.Array, cos_bth, sin_bth, attend_fn, n_heads: 
   return sharding.constrain(x_btd, ("batch", "length", "activation_embed"))
 
 
-def local_attend(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array,
+def local_attend(q_btnh: jax.Array, k_btnh: jax.Array, v_btnh: jax.Array,
                  positions_bt: jax.Array, segment_ids_bt: jax.Array, *, causal: bool,
                  window: tuple[int, int]) -> jax.Array:
   """Self-attention under the `attention_mask` rule with a bounded window, in O(t * window).
@@ -118,7 +119,7 @@ def local_attend(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array,
   mask_xws = attention_mask(query_blocks(positions_bt, 0), key_blocks(positions_bt, 0),
                             query_blocks(segment_ids_bt, -1), key_blocks(segment_ids_bt, -1),
                             causal=causal, window=window)
-  o_xwnh = attend(query_blocks(q_btnh, 0), key_blocks(k_btkh, 0), key_blocks(v_btkh, 0),
+  o_xwnh = attend(query_blocks(q_btnh, 0), key_blocks(k_btnh, 0), key_blocks(v_btnh, 0),
                   mask_xws)
   return o_xwnh.reshape(b, n_blocks * w, n, h)[:, :t]
 
