@@ -116,9 +116,10 @@ def nucleus(logits_bv: jax.Array, sp: SamplerParams) -> Nucleus:
   k_b = jnp.where((sp.top_k_b > 0) & (sp.top_k_b < v), sp.top_k_b, v)
   use_p_b = sp.top_p_b < 1
   n = min(CANDIDATES, v)
-  # Descending. The barrier keeps XLA:CPU's TopK kernel: with the ids passed on into a `cond`
-  # it otherwise lowers top_k to a full sort of the vocabulary (10x slower at 8 x 1025).
-  top_bn, ids_bn = jax.lax.optimization_barrier(jax.lax.top_k(x_bv, n))
+  # Descending. (An optimization_barrier around it kept XLA:CPU's TopK kernel where the ids feed
+  # a `cond`, but XLA's TopkDecomposer aborts the process on a barrier in some programs: the
+  # quickstart notebook's generation. Without it XLA may sort the row instead: slower, same ids.)
+  top_bn, ids_bn = jax.lax.top_k(x_bv, n)
 
   def threshold(desc_bm):
     """Smallest kept value per row from the m largest tempered logits (descending)."""
