@@ -116,10 +116,13 @@ def nucleus(logits_bv: jax.Array, sp: SamplerParams) -> Nucleus:
   k_b = jnp.where((sp.top_k_b > 0) & (sp.top_k_b < v), sp.top_k_b, v)
   use_p_b = sp.top_p_b < 1
   n = min(CANDIDATES, v)
-  # Descending. (An optimization_barrier around it kept XLA:CPU's TopK kernel where the ids feed
-  # a `cond`, but XLA's TopkDecomposer aborts the process on a barrier in some programs: the
-  # quickstart notebook's generation. Without it XLA may sort the row instead: slower, same ids.)
+  # Descending. The barriers keep XLA:CPU's TopK kernel: with the ids passed on into a `cond`
+  # it otherwise lowers top_k to a full sort of the vocabulary (about 4x slower audio steps on
+  # the tiny model). One barrier per output: a single barrier over the pair took the TopK tuple
+  # itself as operand, and XLA's TopkDecomposer aborted the process on it (the quickstart
+  # notebook's generation).
   top_bn, ids_bn = jax.lax.top_k(x_bv, n)
+  top_bn, ids_bn = jax.lax.optimization_barrier(top_bn), jax.lax.optimization_barrier(ids_bn)
 
   def threshold(desc_bm):
     """Smallest kept value per row from the m largest tempered logits (descending)."""
