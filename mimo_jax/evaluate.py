@@ -121,12 +121,15 @@ JUDGED_TASKS = ("asr", "tts", "continuation", "s2s", "codec")  # speech saying a
 def evaluate_checkpoint(name: str, backend, codec: tuple, data: dict[str, TaskData],
                         output: str, *, batch_size: int = 8, options: dict | None = None,
                         open_judge: judges.SphinxJudge | None = None,
-                        closed_set: list[str] = ()) -> dict | None:
+                        closed_set: list[str] = (),
+                        judged: tasks.Judged | None = None) -> dict | None:
   """Every task of one checkpoint; host 0 merges the hosts' rows and writes the report, whose
   summary it returns (other hosts return None). backend: a `MimoBackend` or a stand-in.
   options["closed_judge"]: judge the judged tasks in closed-set mode too, over each task's own
-  sentences plus `closed_set`."""
+  sentences plus `closed_set`. judged: the judges' answers of the checkpoints evaluated before
+  (`run` shares one), so that the reference clips are judged once."""
   options = options or {}
+  judged = judged or tasks.Judged()
   folder = os.path.join(output, name)
   closed_sizes = {}
   for task, task_data in data.items():
@@ -135,10 +138,10 @@ def evaluate_checkpoint(name: str, backend, codec: tuple, data: dict[str, TaskDa
     sentences = sentences_of(task, task_data.items) + list(closed_set)
     closed = None
     if options.get("closed_judge") and task in JUDGED_TASKS and sentences:
-      closed = judges.SphinxJudge(sentences)
+      closed = judged.closed_judge(sentences)
       closed_sizes[task] = len(closed.sentences)
     ctx = tasks.Context(backend, open_judge, closed, os.path.join(task_dir, "audio"), codec,
-                        {**options, **task_data.options})
+                        {**options, **task_data.options}, judged=judged)
     run_task(name, task, task_data, ctx, task_dir, batch_size)
   _sync(f"evaluate-{name}")
   if jax.process_index() != 0:
@@ -198,7 +201,7 @@ def run(args) -> int:
              "stream_text": args.stream_text, "self_asr": args.self_asr,
              "prompt_format": args.prompt_format, "max_new": args.max_new, "seed": args.seed}
   closed_set = read_closed_set(args.closed_set) if args.closed_set else []
-  open_judge = judges.SphinxJudge()
+  open_judge, judged = judges.SphinxJudge(), tasks.Judged()
   summaries = []
   ckpts = args.ckpt or []
   if not ckpts and any(t in tasks.NEEDS_MODEL for t in task_names):
@@ -214,7 +217,8 @@ def run(args) -> int:
       codec = backend.codec
     summary = evaluate_checkpoint(name, backend, codec, data, args.output,
                                   batch_size=args.batch_size, options=options,
-                                  open_judge=open_judge, closed_set=closed_set)
+                                  open_judge=open_judge, closed_set=closed_set,
+                                  judged=judged)
     if summary is not None:
       summaries.append(summary)
       print(open(os.path.join(args.output, name, "report.md"), encoding="utf-8").read())

@@ -27,6 +27,7 @@ whether it named that sentence). `summarize` documents the summary's keys.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -45,11 +46,39 @@ NO_AUDIO = "no_audio"  # the model answered without speech: scored, not skipped
 GENERATION_REFUSED = "generation_refused"
 
 
+class Judged:
+  """The judges' answers by (judge, audio samples), and the closed-set judges by sentence set,
+  for one whole evaluation. The judges are deterministic, and a reference clip recurs in every
+  task and checkpoint that reads it (ASR, TTS and codec over one manifest, for each of the
+  `learn` recipe's three checkpoints): each clip is judged once."""
+
+  def __init__(self):
+    self._answers: dict[tuple, object] = {}
+    self._closed: dict[frozenset, judges.SphinxJudge] = {}
+
+  def closed_judge(self, sentences: list[str]) -> judges.SphinxJudge:
+    key = frozenset(sentences)
+    if key not in self._closed:
+      self._closed[key] = judges.SphinxJudge(sentences)
+    return self._closed[key]
+
+  def __call__(self, judge: object, wav: np.ndarray, compute: Callable[[], object]):
+    """compute()'s answer for `judge` on `wav`, computed on the first call only. judge: the
+    judge object, or a name for a judge function."""
+    wav = np.ascontiguousarray(wav)
+    digest = hashlib.blake2b(wav.tobytes(), digest_size=16).digest()
+    key = (judge, wav.shape, wav.dtype.str, digest)
+    if key not in self._answers:
+      self._answers[key] = compute()
+    return self._answers[key]
+
+
 @dataclasses.dataclass
 class Context:
   """What a task's `run` uses. backend: `backend.MimoBackend` (or a stand-in with its methods);
   codec: (params, cfg) for the codec task; judge / closed_judge: open and closed-set Sphinx;
-  audio_dir: where generated audio is written; options: task settings (flags)."""
+  audio_dir: where generated audio is written; options: task settings (flags); judged: the
+  judges' answers so far (shared by every context of one evaluation)."""
 
   backend: object
   judge: judges.SphinxJudge | None
@@ -58,6 +87,7 @@ class Context:
   codec: tuple | None = None
   options: dict = dataclasses.field(default_factory=dict)
   cache: dict = dataclasses.field(default_factory=dict)
+  judged: Judged = dataclasses.field(default_factory=Judged)
 
 
 class Skip(Exception):
@@ -164,7 +194,8 @@ def _judge_text(ctx: Context, prefix: str, wav: np.ndarray, text: str, language:
     if judge is None:
       continue
     try:
-      hyp = judge.transcribe(wav, _rate(ctx)) if len(wav) else ""
+      hyp = (ctx.judged(judge, wav, lambda judge=judge: judge.transcribe(wav, _rate(ctx)))
+             if len(wav) else "")
     except judges.JudgeError as e:
       hyp, out[f"{prefix}judge_note"] = "", str(e)
     # The closed judge answers in its own spelling (words it cannot say dropped): compare alike.
@@ -180,8 +211,12 @@ def _judge_text(ctx: Context, prefix: str, wav: np.ndarray, text: str, language:
 
 
 def _sim(ctx: Context, a: np.ndarray, b: np.ndarray) -> float:
+  """judges.speaker_similarity, from the clips' voice embeddings (each computed once)."""
   try:
-    return judges.speaker_similarity(a, _rate(ctx), b, _rate(ctx))
+    embedding_a, embedding_b = (
+        ctx.judged("voice_embedding", w, lambda w=w: judges.voice_embedding(w, _rate(ctx)))
+        for w in (a, b))
+    return float(np.dot(embedding_a, embedding_b))
   except judges.JudgeError:
     return math.nan
 
@@ -190,7 +225,8 @@ def _mos(ctx: Context, prefix: str, wav: np.ndarray) -> dict:
   if not ctx.options.get("dnsmos", True):
     return {}
   try:
-    return {f"{prefix}dnsmos_{k}": v for k, v in judges.dnsmos(wav, _rate(ctx)).items()}
+    scores = ctx.judged("dnsmos", wav, lambda: judges.dnsmos(wav, _rate(ctx)))
+    return {f"{prefix}dnsmos_{k}": v for k, v in scores.items()}
   except judges.JudgeError:
     return {}
 

@@ -97,6 +97,47 @@ def test_a_request_the_model_refuses_is_skipped_with_its_reason(tmp_path, clips)
   assert "a clip this model refuses" in json.dumps(skipped)
 
 
+class CountingJudge:
+  """Open-set judge stand-in: hears "the same words" in anything and counts the clips it heard."""
+
+  mode = "open"
+
+  def __init__(self):
+    self.heard = []
+
+  def transcribe(self, wav, sr):
+    self.heard.append(len(wav))
+    return "the same words"
+
+
+def test_each_reference_clip_is_judged_once_per_evaluation(tmp_path, clips):
+  """Two checkpoints evaluated with one `Judged` (as `evaluate.run` does): the judge hears each
+  reference clip once and both reports carry its answers; a new evaluation judges them again."""
+  data = {"asr": evaluate.read_task("asr", clips, None, n_shots=0)}
+  items, codec = data["asr"].items, (None, codec_config.tiny())
+  ctx = tasks.Context(None, None, None, str(tmp_path), codec)
+  lengths = [len(tasks.load_wav(ctx, it["audio"])) for it in items]
+  transcripts = {n: it["text"] for n, it in zip(lengths, items)}
+  judge, judged = CountingJudge(), tasks.Judged()
+  summaries = [evaluate.evaluate_checkpoint(name, EchoASR(transcripts), codec, data,
+                                            str(tmp_path / "out"), options={"dnsmos": False},
+                                            open_judge=judge, judged=judged)
+               for name in ("first", "second")]
+  assert sorted(judge.heard) == sorted(lengths)
+  figures = [s["tasks"]["asr"]["ref_open_wer"] for s in summaries]
+  assert figures[0] == figures[1] and figures[0]["n"] == 3 and figures[0]["macro"] > 0
+  evaluate.evaluate_checkpoint("third", EchoASR(transcripts), codec, data, str(tmp_path / "out"),
+                               options={"dnsmos": False}, open_judge=judge)
+  assert sorted(judge.heard) == sorted(lengths * 2)
+
+
+def test_closed_judges_are_shared_by_sentence_set():
+  judged = tasks.Judged()
+  first = judged.closed_judge(["the cat sat", "a dog ran"])
+  assert judged.closed_judge(["a dog ran", "the cat sat"]) is first
+  assert judged.closed_judge(["the cat sat"]) is not first
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, official_tiny_lm_dir, official_tiny_codec_dir):
   """A training run directory of the tiny model (`run.json` + Orbax `checkpoints/<step>/params`,
