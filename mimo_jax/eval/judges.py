@@ -147,6 +147,9 @@ class SphinxJudge:
     return min(self.sentences, key=lambda s: jiwer.wer(s, partial))
 
   def transcribe(self, wav, sr: int) -> str:
+    # The decoder's feature state (its noise estimate) carries over from the last clip and can
+    # change this clip's answer: reset it, so that a clip's score never depends on the order.
+    self._decoder.reinit_feat()
     self._decoder.start_utt()
     self._decoder.process_raw(_pcm(wav, sr), full_utt=True)
     self._decoder.end_utt()

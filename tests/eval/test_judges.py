@@ -48,6 +48,18 @@ def test_closed_set_sphinx_names_the_espeak_sentence(clips):
   assert judge.transcribe(clips[0][2], SR) == answers[0]  # deterministic (seeded dither)
 
 
+def test_an_answer_does_not_depend_on_what_the_judge_heard_before(clips):
+  """One judge hearing the clips (forwards and backwards, speech-like sound the judge finds hard)
+  in one order and then in the reverse order answers each as a fresh judge does: the decoder
+  used to carry its feature state (noise estimate) from one clip to the next. (Open set here;
+  both modes share `transcribe`, and the closed set's answers moved too, on generated speech.)"""
+  wavs = [w for _, _, wav in clips[:4] for w in (wav, wav[::-1].copy())]
+  fresh = [judges.SphinxJudge().transcribe(wav, SR) for wav in wavs]
+  judge = judges.SphinxJudge()
+  assert [judge.transcribe(wav, SR) for wav in wavs] == fresh
+  assert [judge.transcribe(wav, SR) for wav in wavs[::-1]] == fresh[::-1]
+
+
 def test_open_vocabulary_sphinx_returns_text(clips):
   judge = judges.SphinxJudge()
   assert judge.mode == "open"
