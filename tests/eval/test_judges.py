@@ -53,7 +53,7 @@ def test_an_answer_does_not_depend_on_what_the_judge_heard_before(clips):
   in one order and then in the reverse order answers each as a fresh judge does: the decoder
   used to carry its feature state (noise estimate) from one clip to the next. (Open set here;
   both modes share `transcribe`, and the closed set's answers moved too, on generated speech.)"""
-  wavs = [w for _, _, wav in clips[:4] for w in (wav, wav[::-1].copy())]
+  wavs = [w for _, _, wav in clips[:2] for w in (wav, wav[::-1].copy())]
   fresh = [judges.SphinxJudge().transcribe(wav, SR) for wav in wavs]
   judge = judges.SphinxJudge()
   assert [judge.transcribe(wav, SR) for wav in wavs] == fresh
