@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import time
 from typing import Callable
 
@@ -45,6 +46,12 @@ def timed_call(call: Callable) -> dict:
 
 def is_clean(call: dict[str, float], cores: int) -> bool:
   return call["others_cpu_s"] <= CLEAN_SHARE * call["s"] * cores
+
+
+def median_over_clean(calls: list[dict], cores: int) -> tuple[float, int]:
+  """Median seconds of the clean calls (of every call if none was clean) and how many were."""
+  clean = [c["s"] for c in calls if is_clean(c, cores)]
+  return statistics.median(clean or [c["s"] for c in calls]), len(clean)
 
 
 def time_interleaved(calls: dict[str, Callable], warmup: int, repeats: int,

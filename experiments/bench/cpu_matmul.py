@@ -20,7 +20,6 @@ import argparse
 import datetime
 import os
 import shlex
-import statistics
 import sys
 from typing import Callable
 
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 import backbone_cpu
-from benchlib import is_clean, machine_info, time_interleaved, write_results
+from benchlib import machine_info, median_over_clean, time_interleaved, write_results
 
 # fp32 FLOPs per cycle per core: 2 FMA units x 8 lanes (AVX2) x 2 (multiply and add).
 FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32}
@@ -90,11 +89,6 @@ def nominal_peak(machine: dict) -> float:
   return machine["cores_usable"] * width * mhz * 1e6
 
 
-def median_clean(runs: list[dict], cores: int) -> tuple[float, int]:
-  clean = [r["s"] for r in runs if is_clean(r, cores)]
-  return statistics.median(clean or [r["s"] for r in runs]), len(clean)
-
-
 def main() -> None:
   args = parse_args()
   cfg = backbone_cpu.bench_config()
@@ -110,7 +104,7 @@ def main() -> None:
     row = {"name": name, "einsum": equation, "lhs": lhs, "rhs": rhs, "per_forward": count,
            "flops": n_flops}
     for lib in ("xla", "torch"):
-      seconds, clean = median_clean(runs[lib], cores)
+      seconds, clean = median_over_clean(runs[lib], cores)
       row[lib] = {"median_s": seconds, "gflops": n_flops / seconds / 1e9, "clean_calls": clean,
                   "calls": runs[lib]}
       sums[lib] += count * seconds
@@ -127,7 +121,7 @@ def main() -> None:
   forward = {"xla": backbone_cpu.jax_forward(params, cfg, jnp.asarray(tokens_bt)),
              "torch": backbone_cpu.torch_forward(model, tokens_bt)}
   forward_runs = time_interleaved(forward, args.warmup, args.repeats, cores)
-  whole = {lib: median_clean(forward_runs[lib], cores)[0] for lib in forward}
+  whole = {lib: median_over_clean(forward_runs[lib], cores)[0] for lib in forward}
   total_flops = sum(r["flops"] * r["per_forward"] for r in rows)
   report = {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
