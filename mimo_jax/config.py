@@ -49,6 +49,9 @@ class StackConfig:
   causal: bool
   dtype: str = "float32"
   remat_policy: str = "none"
+  # False unrolls the loop over layers (the params stay stacked): no per-layer residual buffers
+  # to fill and slice, so shallow stacks step faster on CPU; compile time grows with depth.
+  scan_layers: bool = True
   attention: str = "xla"
   # Dropout on the attention probabilities, applied only when the caller passes a key (training).
   attention_dropout: float = 0.0
@@ -89,6 +92,7 @@ class MimoAudioConfig:
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  scan_layers: bool = True  # StackConfig.scan_layers, for all three stacks
   # The backbone's attention without a cache (ATTENTION_IMPLS). The patch stacks always use
   # "xla": their sequences (a patch, the decoder's steps) are shorter than one kernel block.
   attention: str = "xla"
@@ -139,6 +143,8 @@ class MimoAudioConfig:
              f"must be one of {DTYPES}, got {getattr(self, name)!r}")
     _check(self.remat_policy in REMAT_POLICIES, "remat_policy",
            f"must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    _check(isinstance(self.scan_layers, bool), "scan_layers",
+           f"must be True or False, got {self.scan_layers!r}")
     _check(self.attention in ATTENTION_IMPLS, "attention",
            f"must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
 
@@ -150,7 +156,7 @@ class MimoAudioConfig:
         n_heads=self.num_attention_heads, n_kv_heads=self.num_key_value_heads,
         head_dim=self.head_dim, d_ff=self.intermediate_size, rope_theta=self.rope_theta,
         norm_eps=self.rms_norm_eps, causal=True, dtype=self.dtype,
-        remat_policy=self.remat_policy, attention=self.attention)
+        remat_policy=self.remat_policy, scan_layers=self.scan_layers, attention=self.attention)
 
   @property
   def patch_encoder(self) -> StackConfig:
@@ -163,7 +169,7 @@ class MimoAudioConfig:
         head_dim=self.input_local_dim // self.local_attn_heads, d_ff=4 * self.input_local_dim,
         rope_theta=self.rope_theta, norm_eps=self.rms_norm_eps,
         causal=not self.input_full_attention, dtype=self.dtype, remat_policy=self.remat_policy,
-        attention_dropout=self.local_attn_dropout)
+        scan_layers=self.scan_layers, attention_dropout=self.local_attn_dropout)
 
   @property
   def patch_decoder(self) -> StackConfig:
@@ -172,7 +178,7 @@ class MimoAudioConfig:
         n_kv_heads=self.local_attn_heads, head_dim=self.local_dim // self.local_attn_heads,
         d_ff=self.local_ffn_dim, rope_theta=self.rope_theta, norm_eps=self.rms_norm_eps,
         causal=True, dtype=self.dtype, remat_policy=self.remat_policy,
-        attention_dropout=self.local_attn_dropout)
+        scan_layers=self.scan_layers, attention_dropout=self.local_attn_dropout)
 
   # --- official config.json ---------------------------------------------------------------------
   def to_official_dict(self) -> dict[str, Any]:
@@ -218,8 +224,8 @@ class MimoAudioConfig:
     return dataclasses.replace(self, **changes)
 
 
-_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "remat_policy", "official_bf16_speech_sum",
-                             "attention"})
+_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "remat_policy", "scan_layers",
+                             "official_bf16_speech_sum", "attention"})
 _REQUIRED_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                   "intermediate_size", "vocab_size")
 

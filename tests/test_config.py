@@ -36,7 +36,7 @@ def test_config_json_round_trip_and_transformers_reads_it(tmp_path):
   assert raw["speech_zeroemb_idx"] == "1024-1024-128-128-128-128-128-128"
   assert raw["delay_pattern"] == "0-1-2-3-4-5-6-7"
   assert raw["architectures"] == ["MiMoAudioForCausalLM"] and raw["model_type"] == "qwen2"
-  assert not {"dtype", "param_dtype", "remat_policy"} & set(raw)
+  assert not {"dtype", "param_dtype", "remat_policy", "scan_layers"} & set(raw)
   hf = transformers.AutoConfig.from_pretrained(str(tmp_path))
   assert isinstance(hf, transformers.Qwen2Config)
   assert (hf.hidden_size, hf.num_key_value_heads, hf.vocab_size) == (4096, 8, 151680)
@@ -59,6 +59,7 @@ def test_missing_input_full_attention_follows_the_official_reading(tmp_path):
     ({"speech_zeroemb_idx": (1025,) + (128,) * 7}, "speech_zeroemb_idx: channel 0: empty id 1025"),
     ({"dtype": "float64"}, "dtype: must be one of"),
     ({"remat_policy": "some"}, "remat_policy: must be one of"),
+    ({"scan_layers": "no"}, "scan_layers: must be True or False"),
     ({"tie_word_embeddings": True}, "tie_word_embeddings: MiMo-Audio has an untied lm_head"),
     ({"hidden_act": "gelu"}, "hidden_act: only 'silu' is supported"),
 ])

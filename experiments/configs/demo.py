@@ -17,6 +17,8 @@ def get_config():
   cfg = defaults()
   cfg.model.preset = "tiny"
   cfg.model.dtype = "float32"  # CPUs have no fast bf16 matmul
+  # 2-4 layers per stack: the unrolled loop steps ~10% faster on CPU and compiles no slower.
+  cfg.model.scan_layers = False
   cfg.model.overrides = {
       "hidden_size": 128, "num_hidden_layers": 4, "intermediate_size": 384,
       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,

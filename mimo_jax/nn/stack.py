@@ -2,7 +2,8 @@
 
 The same stack is the 7B backbone (causal), the patch encoder (bidirectional within a patch) and
 the patch decoder (causal); `StackConfig` picks the shape and the mask. Layers are stored stacked
-on a leading axis and run with `jax.lax.scan`, so compile time does not grow with depth.
+on a leading axis and run with `jax.lax.scan`, so compile time does not grow with depth
+(`scan_layers=False` unrolls that loop over the same stacked params).
 
 Params: {"layers": {... each leaf [l, ...]}, "norm": {"scale": [d]}}, names as in HF Qwen2.
 """
@@ -164,7 +165,8 @@ def stack_forward(params: dict, x_btd: jax.Array, cfg: StackConfig, *,
   if cfg.remat_policy != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
   kv_in = None if cache is None else (cache.k_lbskh, cache.v_lbskh)
-  x_btd, kv_out = jax.lax.scan(body, x_btd, (layers, kv_in, layer_keys))
+  x_btd, kv_out = jax.lax.scan(body, x_btd, (layers, kv_in, layer_keys),
+                               unroll=not cfg.scan_layers)
   if cache is not None:
     cache = cache._replace(k_lbskh=kv_out[0], v_lbskh=kv_out[1], index=cache.index + t)
   return rms_norm(x_btd, params["norm"]["scale"].astype(dtype), cfg.norm_eps), cache

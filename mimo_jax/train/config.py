@@ -54,6 +54,9 @@ def defaults() -> ml_collections.ConfigDict:
           "dtype": "bfloat16",
           "param_dtype": "float32",
           "remat_policy": "none",
+          # False unrolls each stack's loop over layers: faster steps for a few layers on CPU,
+          # compile time that grows with depth (keep True for the 7B).
+          "scan_layers": True,
           # Backbone attention without a KV cache: "xla" | "splash" (TPU Pallas kernel) |
           # "chunked" (query chunks, any backend); see mimo_jax.nn.attention.self_attend.
           "attention": "xla",
@@ -189,7 +192,7 @@ def model_from(cfg: ml_collections.ConfigDict) -> MimoAudioConfig:
   """The MimoAudioConfig a config's `model` block describes."""
   m = cfg.model
   runtime = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat_policy": m.remat_policy,
-             "attention": m.attention}
+             "scan_layers": m.scan_layers, "attention": m.attention}
   overrides = dict(m.overrides)
   if not (m.preset or m.config_json):
     raise ConfigError("config.model: set preset (e.g. 'tiny') or config_json")

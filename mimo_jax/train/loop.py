@@ -275,7 +275,8 @@ def model_of(cfg: ml_collections.ConfigDict, init_from: str | None) -> MimoAudio
   if not init_from:
     return model
   compute = dict(dtype=model.dtype, param_dtype=model.param_dtype,
-                 remat_policy=model.remat_policy, attention=model.attention)
+                 remat_policy=model.remat_policy, scan_layers=model.scan_layers,
+                 attention=model.attention)
   return run_dir.model_config(init_from, **compute) or model
 
 

@@ -30,7 +30,8 @@ from mimo_jax.train import config as train_config
 RUN_JSON = "run.json"
 # MimoAudioConfig fields that only change how the same params are computed; everything else in
 # the model (param_dtype included: the state's dtype) is the run's identity.
-_COMPUTE_FIELDS = frozenset({"dtype", "remat_policy", "attention", "official_bf16_speech_sum"})
+_COMPUTE_FIELDS = frozenset({"dtype", "remat_policy", "scan_layers", "attention",
+                             "official_bf16_speech_sum"})
 # Settings that decide which batches the run sees, in order.
 _DATA_FIELDS = (("config", "train", "phase"), ("config", "train", "batch_size"),
                 ("config", "train", "positions"))

@@ -1,4 +1,5 @@
-"""The scanned Qwen2 stack against HF transformers, packed sequences and remat policies."""
+"""The scanned Qwen2 stack against HF transformers, packed sequences, remat policies and the
+unrolled layer loop."""
 
 import dataclasses
 
@@ -9,7 +10,7 @@ import pytest
 
 from mimo_jax.config import StackConfig
 from mimo_jax.convert.names import to_official
-from mimo_jax.nn.stack import stack_forward, stack_param_specs
+from mimo_jax.nn.stack import init_cache, stack_forward, stack_param_specs
 from tests.helpers import hf_stack, hf_stack_forward, random_params
 
 # The shape of a (tiny) patch encoder / decoder: MHA, local dims.
@@ -64,3 +65,41 @@ def test_remat_policies_keep_values_and_gradients(policy):
   np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
   for g_remat, g_plain in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(plain_grads)):
     np.testing.assert_allclose(g_remat, g_plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("policy", ["none", "full"])
+def test_unrolled_layers_keep_values_and_gradients(policy):
+  cfg = dataclasses.replace(GQA, remat_policy=policy)
+  params = random_params(stack_param_specs(cfg))
+  x_btd = jnp.asarray(np.random.RandomState(3).randn(2, 6, cfg.d_model), jnp.float32)
+
+  def loss(p, cfg):
+    y, _ = stack_forward(p, x_btd, cfg)
+    return jnp.sum(jnp.sin(y))
+
+  grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  scanned_loss, scanned_grads = grad_fn(params, cfg)
+  unrolled = dataclasses.replace(cfg, scan_layers=False)
+  unrolled_loss, unrolled_grads = grad_fn(params, unrolled)
+  assert "while" in jax.jit(loss, static_argnums=1).lower(params, cfg).as_text()
+  assert "while" not in jax.jit(loss, static_argnums=1).lower(params, unrolled).as_text()
+  np.testing.assert_allclose(unrolled_loss, scanned_loss, rtol=1e-6)
+  for g_unrolled, g_scanned in zip(jax.tree.leaves(unrolled_grads),
+                                   jax.tree.leaves(scanned_grads)):
+    np.testing.assert_allclose(g_unrolled, g_scanned, atol=1e-5, rtol=0)
+
+
+def test_unrolled_layers_fill_the_kv_cache_alike():
+  """Prefill then one cached step: outputs and cache equal with the layer loop scanned or not."""
+  params = random_params(stack_param_specs(GQA))
+  x_btd = jnp.asarray(np.random.RandomState(4).randn(2, 5, GQA.d_model), jnp.float32)
+
+  def run(cfg):
+    cache = init_cache(cfg, batch=2, max_len=8)
+    y_prefill, cache = stack_forward(params, x_btd[:, :4], cfg, cache=cache)
+    y_step, cache = stack_forward(params, x_btd[:, 4:], cfg, cache=cache)
+    return y_prefill, y_step, cache.k_lbskh, cache.v_lbskh
+
+  for unrolled, scanned in zip(jax.jit(run, static_argnums=0)(
+      dataclasses.replace(GQA, scan_layers=False)), jax.jit(run, static_argnums=0)(GQA)):
+    np.testing.assert_allclose(unrolled, scanned, atol=1e-5, rtol=0)

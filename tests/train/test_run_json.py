@@ -77,7 +77,8 @@ def test_settings_that_leave_the_run_intact_may_change(tmp_path):
   stored = _stored(tmp_path, _info())
   new = _info(_changed(**{"train.steps": 5000, "train.lr_scale": 0.5, "train.warmup_ratio": 0.1,
                           "train.grad_accum_steps": 2, "model.dtype": "float32",
-                          "model.remat_policy": "full", "model.attention": "chunked",
+                          "model.remat_policy": "full", "model.scan_layers": False,
+                          "model.attention": "chunked",
                           "log.every_steps": 1, "checkpoint.every_steps": 7,
                           "mesh": "data:1,fsdp:1,tensor:1"}))
   assert run_json.resume_changes(stored, new) == []
