@@ -188,11 +188,14 @@ def recipe_7b() -> ml_collections.ConfigDict:
   return cfg
 
 
+# The `model` block's runtime fields of MimoAudioConfig: how the params are stored and computed.
+MODEL_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention")
+
+
 def model_from(cfg: ml_collections.ConfigDict) -> MimoAudioConfig:
   """The MimoAudioConfig a config's `model` block describes."""
   m = cfg.model
-  runtime = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat_policy": m.remat_policy,
-             "scan_layers": m.scan_layers, "attention": m.attention}
+  runtime = {name: m[name] for name in MODEL_RUNTIME_FIELDS}
   overrides = dict(m.overrides)
   if not (m.preset or m.config_json):
     raise ConfigError("config.model: set preset (e.g. 'tiny') or config_json")

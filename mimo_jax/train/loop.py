@@ -269,14 +269,12 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
 
 def model_of(cfg: ml_collections.ConfigDict, init_from: str | None) -> MimoAudioConfig:
   """The model a run trains: the one `init_from` holds (an official folder's config.json, or the
-  model another run's run.json records), else the config's. The compute fields (dtype, remat,
-  attention) are always the config's."""
+  model another run's run.json records), else the config's. The runtime fields
+  (`train_config.MODEL_RUNTIME_FIELDS`: dtype, remat, ...) are always the config's."""
   model = train_config.model_from(cfg)
   if not init_from:
     return model
-  compute = dict(dtype=model.dtype, param_dtype=model.param_dtype,
-                 remat_policy=model.remat_policy, scan_layers=model.scan_layers,
-                 attention=model.attention)
+  compute = {name: getattr(model, name) for name in train_config.MODEL_RUNTIME_FIELDS}
   return run_dir.model_config(init_from, **compute) or model
 
 
