@@ -17,18 +17,15 @@ merges. Nothing is downloaded: checkpoints, data and judges are local.
 Judges (`eval.judges`): open-vocabulary pocketsphinx, and (unless --noclosed_judge) closed-set
 pocketsphinx, which names which sentence of the task's own sentences (plus --closed_set) was said;
 resemblyzer SIM; DNSMOS. Every judge also scores the reference audio (`ref_*`). summary.json's
-keys are documented in `eval.tasks.summarize`. The judges run in --judge_workers processes while
-the model generates the next batch (`eval.tasks.Judged`).
+keys are documented in `eval.tasks.summarize`.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import sys
 import time
-from concurrent.futures import Future
 
 import jax
 from absl import app, flags, logging
@@ -96,31 +93,9 @@ def _progress(task: str, done: int, total: int, start: float, n_start: int) -> N
   logging.info("%s: %d/%d items, %.2f items/s, ETA %.0f s", task, done, total, rate, eta)
 
 
-class RowWriter:
-  """One task's batches of row futures (`tasks._per_item`), written to the host's results file in
-  the order they were generated, each once all its rows are scored: a killed run loses at most
-  the batches still being judged."""
-
-  def __init__(self, path: str):
-    self.path, self.batches = path, collections.deque()
-
-  def add(self, batch: list[Future]) -> None:
-    self.batches.append(batch)
-
-  def write_scored(self, keep: int = 0) -> None:
-    """Writes the finished batches at the head; waits for the oldest while more than `keep`
-    are left (0: waits for all)."""
-    while self.batches and (len(self.batches) > keep or all(f.done() for f in self.batches[0])):
-      store.append_rows(self.path, [f.result() for f in self.batches.popleft()])
-
-
-BATCHES_IN_FLIGHT = 4  # per task: generation waits for the judges beyond this many batches
-
-
 def run_task(name: str, task: str, data: TaskData, ctx: tasks.Context, folder: str,
-             batch_size: int) -> RowWriter:
-  """Generates this host's pending items of one task; their rows are written as the batches'
-  scoring finishes (see `RowWriter`: the caller writes the last ones)."""
+             batch_size: int) -> None:
+  """Scores this host's pending items of one task, appending rows as batches finish."""
   index, count = jax.process_index(), jax.process_count()
   path = store.host_file(folder, index, count)
   done = store.read_rows(path)
@@ -129,12 +104,9 @@ def run_task(name: str, task: str, data: TaskData, ctx: tasks.Context, folder: s
   if done:
     logging.info("%s %s: resuming, %d of %d items already scored", name, task, len(done), total)
   start, n_start = time.perf_counter(), total - len(todo)
-  writer = RowWriter(path)
   for i in range(0, len(todo), batch_size):
-    writer.add(tasks.RUNNERS[task](ctx, todo[i:i + batch_size]))
-    writer.write_scored(keep=BATCHES_IN_FLIGHT)
+    store.append_rows(path, tasks.RUNNERS[task](ctx, todo[i:i + batch_size]))
     _progress(f"{name} {task}", n_start + min(i + batch_size, len(todo)), total, start, n_start)
-  return writer
 
 
 def _sync(tag: str) -> None:
@@ -159,7 +131,7 @@ def evaluate_checkpoint(name: str, backend, codec: tuple, data: dict[str, TaskDa
   options = options or {}
   judged = judged or tasks.Judged()
   folder = os.path.join(output, name)
-  closed_sizes, writers = {}, []
+  closed_sizes = {}
   for task, task_data in data.items():
     task_dir = os.path.join(folder, task)
     os.makedirs(os.path.join(task_dir, "audio"), exist_ok=True)
@@ -170,9 +142,7 @@ def evaluate_checkpoint(name: str, backend, codec: tuple, data: dict[str, TaskDa
       closed_sizes[task] = len(closed.sentences)
     ctx = tasks.Context(backend, open_judge, closed, os.path.join(task_dir, "audio"), codec,
                         {**options, **task_data.options}, judged=judged)
-    writers.append(run_task(name, task, task_data, ctx, task_dir, batch_size))
-  for writer in writers:  # the judges may still be scoring the last batches of every task
-    writer.write_scored()
+    run_task(name, task, task_data, ctx, task_dir, batch_size)
   _sync(f"evaluate-{name}")
   if jax.process_index() != 0:
     return None
@@ -231,27 +201,27 @@ def run(args) -> int:
              "stream_text": args.stream_text, "self_asr": args.self_asr,
              "prompt_format": args.prompt_format, "max_new": args.max_new, "seed": args.seed}
   closed_set = read_closed_set(args.closed_set) if args.closed_set else []
+  open_judge, judged = judges.SphinxJudge(), tasks.Judged()
+  summaries = []
   ckpts = args.ckpt or []
   if not ckpts and any(t in tasks.NEEDS_MODEL for t in task_names):
     raise app.UsageError("--ckpt: required by the tasks that generate")
   from mimo_jax.train import run_dir  # noqa: PLC0415 (Orbax and the training stack)
-  open_judge, summaries = judges.SphinxJudge(), []
-  with tasks.Judged(args.judge_workers) as judged:
-    for name, ckpt in zip(checkpoint_names(ckpts or ["codec"]), ckpts or [None]):
-      if ckpt is None:
-        backend, codec = None, run_dir.load_codec(args.codec_ckpt)
-      else:
-        from mimo_jax.inference import MimoAudio  # noqa: PLC0415 (loads the model stack)
-        mimo = MimoAudio.load(ckpt, args.codec_ckpt, args.tokenizer, dtype=args.dtype)
-        backend = MimoBackend(mimo, args.prompt_format, args.max_new, args.seed)
-        codec = backend.codec
-      summary = evaluate_checkpoint(name, backend, codec, data, args.output,
-                                    batch_size=args.batch_size, options=options,
-                                    open_judge=open_judge, closed_set=closed_set,
-                                    judged=judged)
-      if summary is not None:
-        summaries.append(summary)
-        print(open(os.path.join(args.output, name, "report.md"), encoding="utf-8").read())
+  for name, ckpt in zip(checkpoint_names(ckpts or ["codec"]), ckpts or [None]):
+    if ckpt is None:
+      backend, codec = None, run_dir.load_codec(args.codec_ckpt)
+    else:
+      from mimo_jax.inference import MimoAudio  # noqa: PLC0415 (loads the model stack)
+      mimo = MimoAudio.load(ckpt, args.codec_ckpt, args.tokenizer, dtype=args.dtype)
+      backend = MimoBackend(mimo, args.prompt_format, args.max_new, args.seed)
+      codec = backend.codec
+    summary = evaluate_checkpoint(name, backend, codec, data, args.output,
+                                  batch_size=args.batch_size, options=options,
+                                  open_judge=open_judge, closed_set=closed_set,
+                                  judged=judged)
+    if summary is not None:
+      summaries.append(summary)
+      print(open(os.path.join(args.output, name, "report.md"), encoding="utf-8").read())
   if len(summaries) > 1:
     report.write_side_by_side(os.path.join(args.output, "comparison"), summaries)
   return 0
@@ -287,11 +257,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                      flag_values=fv)
   flags.DEFINE_integer("n_q", None, "Codec task: RVQ stages (default min(8, num_quantizers)).",
                        flag_values=fv)
-  flags.DEFINE_integer("judge_workers", 2, "Processes that run the judges while the model "
-                       "generates (0: judge in this process, in turn with generation).",
-                       lower_bound=0, flag_values=fv)
-  flags.DEFINE_bool("dnsmos", True, "Score DNSMOS (a 3-4 s clip took ~5 CPU seconds on "
-                    "a 2-core machine: it is tiled into 9 s windows, 1 s apart).", flag_values=fv)
+  flags.DEFINE_bool("dnsmos", True, "Score DNSMOS (about 0.3 s of CPU per clip).",
+                    flag_values=fv)
   flags.DEFINE_bool("closed_judge", True, "Also judge speech with closed-set pocketsphinx: "
                     "which sentence of the task's own (plus --closed_set) was said.",
                     flag_values=fv)

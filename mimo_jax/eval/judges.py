@@ -11,16 +11,13 @@
 - `dnsmos`: DNSMOS P.835 (SIG / BAK / OVRL) and P.808 from speechmos's ONNX models.
 
 Models load on first use, once per process (the Sphinx decoder once per judge object).
-`judge_clip` is the one entry point a worker process needs: it rebuilds a Sphinx judge from its
-`spec` once per process. `JudgeError` names input a judge cannot score (empty, non-finite, no
-voiced speech).
+`JudgeError` names input a judge cannot score (empty, non-finite, no voiced speech).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import threading
 import warnings
 from collections.abc import Sequence
 
@@ -96,9 +93,6 @@ class SphinxJudge:
   A word missing from the dictionary is given the pronunciation of its split into dictionary
   words ("thunderclap" = "thunder" + "clap"); a word with no such split cannot be said by the
   judge and is listed in `unknown_words` (its sentences keep their other words).
-
-  One decoder serves one call at a time (a lock), so threads may share a judge. `spec` rebuilds an
-  equal judge in another process (`judge_clip`).
   """
 
   def __init__(self, sentences: Sequence[str] | None = None, search: dict | None = None):
@@ -107,8 +101,6 @@ class SphinxJudge:
     import pocketsphinx  # noqa: PLC0415 (heavy; judges load on first use)
     self.mode = "open" if sentences is None else "closed"
     settings = {} if sentences is None else CLOSED_SEARCH if search is None else search
-    self.spec = (None if sentences is None else tuple(sentences), tuple(sorted(settings.items())))
-    self._lock = threading.Lock()
     self._decoder = pocketsphinx.Decoder(samprate=JUDGE_RATE, loglevel="FATAL", **settings)
     self.unknown_words: list[str] = []
     self.sentences: list[str] = []  # the closed set, as the judge spells them
@@ -127,8 +119,7 @@ class SphinxJudge:
     set; the open judge's dictionary is fixed, so it keeps every word)."""
     words = _spelling(sentence)
     if self.mode == "closed":
-      with self._lock:
-        words = [w for w in words if self._pronounceable(w)]
+      words = [w for w in words if self._pronounceable(w)]
     return " ".join(words)
 
   def _pronounceable(self, word: str) -> bool:
@@ -156,16 +147,14 @@ class SphinxJudge:
     return min(self.sentences, key=lambda s: jiwer.wer(s, partial))
 
   def transcribe(self, wav, sr: int) -> str:
-    pcm = _pcm(wav, sr)
-    with self._lock:
-      # The decoder's feature state (its noise estimate) carries over from the last clip and can
-      # change this clip's answer: reset it, so that a clip's score never depends on the order.
-      self._decoder.reinit_feat()
-      self._decoder.start_utt()
-      self._decoder.process_raw(pcm, full_utt=True)
-      self._decoder.end_utt()
-      hyp = self._decoder.hyp()
-      text = hyp.hypstr if hyp is not None else ""
+    # The decoder's feature state (its noise estimate) carries over from the last clip and can
+    # change this clip's answer: reset it, so that a clip's score never depends on the order.
+    self._decoder.reinit_feat()
+    self._decoder.start_utt()
+    self._decoder.process_raw(_pcm(wav, sr), full_utt=True)
+    self._decoder.end_utt()
+    hyp = self._decoder.hyp()
+    text = hyp.hypstr if hyp is not None else ""
     if self.mode == "open" or not text or text in self._known:
       return text
     return self._nearest(text)
@@ -205,23 +194,3 @@ def dnsmos(wav, sr: int) -> dict:
   from speechmos import dnsmos as dnsmos_lib  # noqa: PLC0415 (the ONNX models load on first use)
   scores = dnsmos_lib.run(np.clip(to_judge_rate(wav, sr), -1.0, 1.0), JUDGE_RATE)
   return {name: float(scores[f"{name}_mos"]) for name in ("ovrl", "sig", "bak", "p808")}
-
-
-# --- in a worker process ----------------------------------------------------------------------
-
-
-@functools.cache
-def _judge_of(spec: tuple) -> SphinxJudge:
-  sentences, settings = spec
-  return SphinxJudge(sentences, None if sentences is None else dict(settings))
-
-
-def judge_clip(judge: tuple | str, wav, sr: int):
-  """One judge's answer on one clip: `judge` is a `SphinxJudge.spec` (the judge's transcript;
-  the judge is built once per process) or "dnsmos" / "voice_embedding" (that function's
-  answer). Picklable arguments only, so that a worker process can run it."""
-  if judge == "dnsmos":
-    return dnsmos(wav, sr)
-  if judge == "voice_embedding":
-    return voice_embedding(wav, sr)
-  return _judge_of(judge).transcribe(wav, sr)

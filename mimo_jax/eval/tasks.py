@@ -30,11 +30,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing
 import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import soundfile
@@ -53,22 +50,11 @@ class Judged:
   """The judges' answers by (judge, audio samples), and the closed-set judges by sentence set,
   for one whole evaluation. The judges are deterministic, and a reference clip recurs in every
   task and checkpoint that reads it (ASR, TTS and codec over one manifest, for each of the
-  `learn` recipe's three checkpoints): each clip is judged once.
+  `learn` recipe's three checkpoints): each clip is judged once."""
 
-  workers: 0 judges in this process, as each item is scored. N > 0 judges in N worker processes
-  (the real judges: `judges.judge_clip`; stand-ins stay here) and scores items on threads
-  (`later`), so that the judges work on one batch while the model generates the next, and on
-  several clips at once. A context manager: leaving it stops the workers."""
-
-  def __init__(self, workers: int = 0):
-    self._answers: dict[tuple, Future] = {}
+  def __init__(self):
+    self._answers: dict[tuple, object] = {}
     self._closed: dict[frozenset, judges.SphinxJudge] = {}
-    self._lock = threading.Lock()
-    self._processes = self._threads = None
-    if workers:
-      self._processes = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
-          "spawn"))  # a forked child would inherit JAX's threads
-      self._threads = ThreadPoolExecutor(SCORING_THREADS_PER_WORKER * workers)
 
   def closed_judge(self, sentences: list[str]) -> judges.SphinxJudge:
     key = frozenset(sentences)
@@ -76,51 +62,15 @@ class Judged:
       self._closed[key] = judges.SphinxJudge(sentences)
     return self._closed[key]
 
-  def __call__(self, judge: object, wav: np.ndarray, sr: int):
-    """The judge's answer on `wav`, computed on the first call only. judge: a Sphinx judge (or a
-    stand-in with its `transcribe(wav, sr)`), or "dnsmos" / "voice_embedding"."""
+  def __call__(self, judge: object, wav: np.ndarray, compute: Callable[[], object]):
+    """compute()'s answer for `judge` on `wav`, computed on the first call only. judge: the
+    judge object, or a name for a judge function."""
     wav = np.ascontiguousarray(wav)
     digest = hashlib.blake2b(wav.tobytes(), digest_size=16).digest()
-    key = (judge, wav.shape, wav.dtype.str, digest, sr)
-    with self._lock:
-      answer = self._answers.get(key)
-      if answer is None:
-        answer = self._answers[key] = self._start(judge, wav, sr)
-    return answer.result()
-
-  def _start(self, judge: object, wav: np.ndarray, sr: int) -> Future:
-    remote = (judge.spec if isinstance(judge, judges.SphinxJudge) else
-              judge if isinstance(judge, str) else None)  # what a worker can rebuild
-    if remote is not None and self._processes is not None:
-      return self._processes.submit(judges.judge_clip, remote, wav, sr)
-    if isinstance(judge, str):
-      return _now(judges.judge_clip, judge, wav, sr)
-    return _now(judge.transcribe, wav, sr)
-
-  def later(self, fn: Callable, *args) -> Future:
-    """fn(*args) on a scoring thread when judging in worker processes, else now."""
-    return self._threads.submit(fn, *args) if self._threads is not None else _now(fn, *args)
-
-  def __enter__(self) -> Judged:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    for pool in (self._threads, self._processes):
-      if pool is not None:
-        pool.shutdown(cancel_futures=True)
-
-
-SCORING_THREADS_PER_WORKER = 4  # items scored at once per judge process: their requests queue
-
-
-def _now(fn: Callable, *args, **kwargs) -> Future:
-  """A finished Future of fn(*args, **kwargs): its result, or the exception it raised."""
-  future = Future()
-  try:
-    future.set_result(fn(*args, **kwargs))
-  except Exception as e:  # noqa: BLE001 (handed to whoever reads the result)
-    future.set_exception(e)
-  return future
+    key = (judge, wav.shape, wav.dtype.str, digest)
+    if key not in self._answers:
+      self._answers[key] = compute()
+    return self._answers[key]
 
 
 @dataclasses.dataclass
@@ -244,7 +194,8 @@ def _judge_text(ctx: Context, prefix: str, wav: np.ndarray, text: str, language:
     if judge is None:
       continue
     try:
-      hyp = ctx.judged(judge, wav, _rate(ctx)) if len(wav) else ""
+      hyp = (ctx.judged(judge, wav, lambda judge=judge: judge.transcribe(wav, _rate(ctx)))
+             if len(wav) else "")
     except judges.JudgeError as e:
       hyp, out[f"{prefix}judge_note"] = "", str(e)
     # The closed judge answers in its own spelling (words it cannot say dropped): compare alike.
@@ -262,7 +213,9 @@ def _judge_text(ctx: Context, prefix: str, wav: np.ndarray, text: str, language:
 def _sim(ctx: Context, a: np.ndarray, b: np.ndarray) -> float:
   """judges.speaker_similarity, from the clips' voice embeddings (each computed once)."""
   try:
-    embedding_a, embedding_b = (ctx.judged("voice_embedding", w, _rate(ctx)) for w in (a, b))
+    embedding_a, embedding_b = (
+        ctx.judged("voice_embedding", w, lambda w=w: judges.voice_embedding(w, _rate(ctx)))
+        for w in (a, b))
     return float(np.dot(embedding_a, embedding_b))
   except judges.JudgeError:
     return math.nan
@@ -272,7 +225,7 @@ def _mos(ctx: Context, prefix: str, wav: np.ndarray) -> dict:
   if not ctx.options.get("dnsmos", True):
     return {}
   try:
-    scores = ctx.judged("dnsmos", wav, _rate(ctx))
+    scores = ctx.judged("dnsmos", wav, lambda: judges.dnsmos(wav, _rate(ctx)))
     return {f"{prefix}dnsmos_{k}": v for k, v in scores.items()}
   except judges.JudgeError:
     return {}
@@ -299,19 +252,14 @@ def _generate_each(generate: Callable, ready: list[tuple[dict, object]]) -> list
     return _generate_each(generate, ready[:half]) + _generate_each(generate, ready[half:])
 
 
-def _per_item(ctx: Context, batch: list[dict], prepare: Callable, generate: Callable,
-              score: Callable) -> list[Future]:
+def _per_item(batch: list[dict], prepare: Callable, generate: Callable, score: Callable
+              ) -> list[dict]:
   """prepare(item) -> inputs (or Skip); generate([inputs]) -> outputs; score(item, inputs,
-  output) -> row fields. Returns each item's row, in batch order, as a Future: the scoring may
-  still be running (`Judged.later`). Skipped items get a row with the reason and never reach the
-  model."""
+  output) -> row fields. Skipped items get a row with the reason and never reach the model."""
   rows, ready = {}, []
 
   def skip(item, e: Skip):
-    rows[item["id"]] = _now(dict, id=item["id"], skipped=e.reason, message=str(e))
-
-  def scored(item, inputs, output):
-    return {"id": item["id"], **score(item, inputs, output)}
+    rows[item["id"]] = {"id": item["id"], "skipped": e.reason, "message": str(e)}
 
   for item in batch:
     try:
@@ -323,7 +271,7 @@ def _per_item(ctx: Context, batch: list[dict], prepare: Callable, generate: Call
       if isinstance(output, Skip):
         skip(item, output)
       else:
-        rows[item["id"]] = ctx.judged.later(scored, item, inputs, output)
+        rows[item["id"]] = {"id": item["id"], **score(item, inputs, output)}
   return [rows[item["id"]] for item in batch]
 
 
@@ -336,7 +284,7 @@ def _text_of(item: dict) -> str:
 # --- tasks ------------------------------------------------------------------------------------
 
 
-def run_asr(ctx: Context, batch: list[dict]) -> list[Future]:
+def run_asr(ctx: Context, batch: list[dict]) -> list[dict]:
   def prepare(item):
     _text_of(item)
     return load_wav(ctx, item["audio"])
@@ -347,7 +295,7 @@ def run_asr(ctx: Context, batch: list[dict]) -> list[Future]:
                                                               item.get("language") or None)}
     return {**row, **_judge_text(ctx, "ref_", wav, item["text"], item.get("language", ""))}
 
-  return _per_item(ctx, batch, prepare, ctx.backend.asr, score)
+  return _per_item(batch, prepare, ctx.backend.asr, score)
 
 
 def _generate_kwargs(ctx: Context) -> dict:
@@ -355,7 +303,7 @@ def _generate_kwargs(ctx: Context) -> dict:
   return {"stream_text": ctx.options["stream_text"]} if "stream_text" in ctx.options else {}
 
 
-def run_tts(ctx: Context, batch: list[dict]) -> list[Future]:
+def run_tts(ctx: Context, batch: list[dict]) -> list[dict]:
   def prepare(item):
     text = _text_of(item)
     voice = load_wav(ctx, item["prompt_wav"]) if item.get("prompt_wav") else None
@@ -393,10 +341,10 @@ def run_tts(ctx: Context, batch: list[dict]) -> list[Future]:
         row["ref_sim"] = _sim(ctx, reference, voice)
     return row
 
-  return _per_item(ctx, batch, prepare, generate, score)
+  return _per_item(batch, prepare, generate, score)
 
 
-def run_continuation(ctx: Context, batch: list[dict]) -> list[Future]:
+def run_continuation(ctx: Context, batch: list[dict]) -> list[dict]:
   seconds = ctx.options.get("continuation_seconds", 3.0)
 
   def prepare(item):
@@ -421,8 +369,8 @@ def run_continuation(ctx: Context, batch: list[dict]) -> list[Future]:
     row.update(_judge_text(ctx, "ref_", full, item["text"], item.get("language", "")))
     return row
 
-  return _per_item(ctx, batch, prepare,
-                   lambda xs: ctx.backend.continue_speech([p for _, p in xs]), score)
+  return _per_item(batch, prepare, lambda xs: ctx.backend.continue_speech([p for _, p in xs]),
+                   score)
 
 
 def codec_kbps(cfg, n_q: int) -> float:
@@ -430,7 +378,7 @@ def codec_kbps(cfg, n_q: int) -> float:
   return cfg.frame_rate * sum(math.log2(k) for k in cfg.codebook_sizes[:n_q]) / 1000
 
 
-def run_codec(ctx: Context, batch: list[dict]) -> list[Future]:
+def run_codec(ctx: Context, batch: list[dict]) -> list[dict]:
   params, cfg = ctx.codec
   n_q = ctx.options.get("n_q") or min(codec_api.DEFAULT_N_Q, cfg.num_quantizers)
 
@@ -450,10 +398,10 @@ def run_codec(ctx: Context, batch: list[dict]) -> list[Future]:
       row.update(_judge_text(ctx, "ref_", wav, item["text"], language))
     return row
 
-  return _per_item(ctx, batch, lambda item: load_wav(ctx, item["audio"]), reconstruct, score)
+  return _per_item(batch, lambda item: load_wav(ctx, item["audio"]), reconstruct, score)
 
 
-def run_mmlu(ctx: Context, batch: list[dict]) -> list[Future]:
+def run_mmlu(ctx: Context, batch: list[dict]) -> list[dict]:
   split, folder = ctx.options["split"], ctx.options["data"]
   speech_answer = split[-1] == "s"
 
@@ -471,14 +419,14 @@ def run_mmlu(ctx: Context, batch: list[dict]) -> list[Future]:
     row = {"subject": item["subject"], "answer": item["answer"], "output_text": text}
     if speech_answer:
       row["audio"] = _save(ctx, item["id"], wav)
-      text = row["open_transcript"] = ctx.judged(ctx.judge, wav, _rate(ctx)) if len(wav) else ""
+      text = row["open_transcript"] = ctx.judge.transcribe(wav, _rate(ctx)) if len(wav) else ""
     row["prediction"] = choice.extract_choice(text)
     return row
 
-  return _per_item(ctx, batch, prepare, generate, score)
+  return _per_item(batch, prepare, generate, score)
 
 
-def run_s2s(ctx: Context, batch: list[dict]) -> list[Future]:
+def run_s2s(ctx: Context, batch: list[dict]) -> list[dict]:
   def prepare(item):
     shots = [(load_wav(ctx, a), load_wav(ctx, b), t) for a, b, t in item["shots"]]
     return (item["instruction"], shots, load_wav(ctx, item["source"])), load_wav(
@@ -495,21 +443,20 @@ def run_s2s(ctx: Context, batch: list[dict]) -> list[Future]:
     row.update(_judge_text(ctx, "ref_", target, item["target_text"], ""))
     return row
 
-  return _per_item(ctx, batch, prepare,
-                   lambda xs: ctx.backend.in_context_s2s([r for r, _ in xs]), score)
+  return _per_item(batch, prepare, lambda xs: ctx.backend.in_context_s2s([r for r, _ in xs]),
+                   score)
 
 
-def run_dialogue(ctx: Context, batch: list[dict]) -> list[Future]:
+def run_dialogue(ctx: Context, batch: list[dict]) -> list[dict]:
   def score(item, wav, answer):
     text, speech = answer
     row = {"answer_text": text, "audio": _save(ctx, item["id"], speech),
            "seconds": len(speech) / _rate(ctx), "speech_answer": bool(len(speech))}
     if len(speech) and ctx.judge is not None:
-      row["open_transcript"] = ctx.judged(ctx.judge, speech, _rate(ctx))
+      row["open_transcript"] = ctx.judge.transcribe(speech, _rate(ctx))
     return row
 
-  return _per_item(ctx, batch, lambda item: load_wav(ctx, item["audio"]), ctx.backend.dialogue,
-                   score)
+  return _per_item(batch, lambda item: load_wav(ctx, item["audio"]), ctx.backend.dialogue, score)
 
 
 # --- summaries --------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mimo_jax.data import corpus
-from mimo_jax.eval import judges, tasks, wer
+from mimo_jax.eval import judges, wer
 
 SR = 22050  # espeak-ng's own rate: the judges resample
 SENTENCES = [s for lang, s in corpus.load_sentences() if lang == "en"]
@@ -89,32 +89,6 @@ def test_dnsmos_ranks_clean_above_noisy(clips):
   assert set(clean_mos) == {"ovrl", "sig", "bak", "p808"}
   assert all(1.0 <= x <= 5.0 for x in clean_mos.values())
   assert noisy_mos["bak"] < clean_mos["bak"] and noisy_mos["ovrl"] < clean_mos["ovrl"]
-
-
-def test_judges_in_worker_processes_answer_as_in_this_process(clips):
-  """`tasks.Judged(workers=2)` sends the real judges to two worker processes, which rebuild each
-  Sphinx judge from its `spec`: every answer (open and closed-set transcripts, voice embeddings,
-  DNSMOS) equals this process's own, and a clip the judge cannot score raises the same
-  JudgeError here."""
-  closed = judges.SphinxJudge(SENTENCES[:20])
-  wavs = [wav for _, _, wav in clips[:3]]
-  here = {"open": [judges.SphinxJudge().transcribe(w, SR) for w in wavs],
-          "closed": [closed.transcribe(w, SR) for w in wavs],
-          "voice": [judges.voice_embedding(w, SR) for w in wavs],
-          "dnsmos": judges.dnsmos(wavs[0], SR)}
-  with tasks.Judged(workers=2) as judged:
-    # Scored on the judged's threads, as the tasks score items: the requests overlap.
-    answers = [judged.later(judged, judge, w, SR) for judge in (judges.SphinxJudge(), closed)
-               for w in wavs]
-    voices = [judged.later(judged, "voice_embedding", w, SR) for w in wavs]
-    assert [a.result() for a in answers] == here["open"] + here["closed"]
-    for voice, expected in zip(voices, here["voice"]):
-      np.testing.assert_allclose(voice.result(), expected, atol=1e-6)
-    assert judged("dnsmos", wavs[0], SR) == pytest.approx(here["dnsmos"], abs=1e-6)
-    with pytest.raises(judges.JudgeError, match="no voiced speech"):
-      judged("voice_embedding", np.zeros(SR, np.float32), SR)
-  assert sum(a == closed.spell(s)
-             for a, (s, _, _) in zip(here["closed"], clips)) >= 2  # the judges did hear speech
 
 
 @pytest.mark.parametrize("wav, sr, message", [
