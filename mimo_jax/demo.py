@@ -26,7 +26,7 @@ stream's schedule and the model makes the audio, which a small model can do long
 learnt to switch between text and audio by itself.
 
 Everything lands in the workdir: checkpoints, each run's loss_curve.png, the evaluation's tables
-and audio (`eval/`), and `report.json` with the timings, the training curves' ends, the judges'
+and audio (`eval/`), the stages' compilation cache (`jax_cache/`), and `report.json` with the timings, the training curves' ends, the judges'
 scores and each target met or missed (`TARGETS`), which are also printed.
 """
 
@@ -108,14 +108,18 @@ PROGRESS_EVERY = 30.0  # seconds between progress lines of a running stage
 
 def _run_stage(name: str, args: list[str], workdir: str) -> float:
   """Runs `python -m ...` with its output in logs/<name>.log, printing the log's latest progress
-  line (step, rate, ETA) as it goes; fails loudly with the log's tail."""
+  line (step, rate, ETA) as it goes; fails loudly with the log's tail. The stages share a
+  persistent compilation cache in the workdir (unless JAX_COMPILATION_CACHE_DIR names one): the
+  evaluation reuses the shards stage's codec encoders, and a rerun after a stop compiles
+  nothing it compiled before."""
   log_path = os.path.join(workdir, "logs", f"{name}.log")
   start = time.time()
   print(f"  {name:<10} log: {log_path}", flush=True)
   shown = ""
   with open(log_path, "w") as log:
+    env = {"JAX_COMPILATION_CACHE_DIR": os.path.join(workdir, "jax_cache"), **os.environ}
     process = subprocess.Popen([sys.executable, "-m", *args], stdout=log,
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT, env=env)
     while True:
       try:
         process.wait(timeout=PROGRESS_EVERY)
