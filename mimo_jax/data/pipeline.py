@@ -11,7 +11,6 @@
   packed                 `packing.PackIterDataset`: sequences of P positions, whole examples;
                          too much skipped raises `packing.SkipError` (`packing.SkipLimits`)
   batched                [per-host batch, ...] numpy; optionally prefetched by worker processes
-                         or, without them, by a thread (`prefetch_batches`)
   global                 `TrainIterator`: jax.Arrays over the mesh's batch axes
                          (`jax.make_array_from_process_local_data`)
 
@@ -134,8 +133,7 @@ def make_dataset(shard_paths: Sources, example_fn: ExampleFn, packer: packing.Pa
                  batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
                  num_epochs: int | None = None, shuffle: bool = True,
                  pack_window_sequences: int = 8, worker_count: int = 0,
-                 worker_buffer_size: int = 2, prefetch_batches: int = 0,
-                 read_options: grain.ReadOptions | None = None,
+                 worker_buffer_size: int = 2, read_options: grain.ReadOptions | None = None,
                  skip_limits: packing.SkipLimits = packing.SkipLimits()) -> grain.IterDataset:
   """This host's stream of packed batches: dicts of numpy arrays with a leading `batch_size`
   axis (`input_ids` [b, 1 + C, G * P], `segment_ids` / `positions` / `loss_mask` [b, P]).
@@ -147,10 +145,6 @@ def make_dataset(shard_paths: Sources, example_fn: ExampleFn, packer: packing.Pa
   none for local shards (Python templating holds the GIL, so threads only add overhead: several
   times the throughput on this CPU, experiments/results/data_pipeline.md) and Grain's default
   (16 threads) when any shard is remote, where they hide the read latency.
-  `prefetch_batches` (without worker processes): batches one background thread builds ahead.
-  The training step's XLA computation releases the GIL, so the next batch is templated and
-  packed while the step runs instead of between steps; the state still counts only the
-  batches handed out, so a checkpoint resumes exactly.
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
@@ -177,8 +171,6 @@ def make_dataset(shard_paths: Sources, example_fn: ExampleFn, packer: packing.Pa
   if worker_count > 0:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
-  elif prefetch_batches > 0:
-    it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch_batches)
   return it
 
 
@@ -234,7 +226,6 @@ def make_train_iterator(shard_paths: Sources, fmt: templates.Formatter, phase: s
                         seq_positions: int, global_batch: int, seed: int, mesh: Mesh, *,
                         split_long: bool = False, num_epochs: int | None = None,
                         pack_window_sequences: int = 8, worker_count: int = 0,
-                        prefetch_batches: int = 0,
                         read_options: grain.ReadOptions | None = None,
                         example_fn: ExampleFn | None = None,
                         skip_limits: packing.SkipLimits = packing.SkipLimits()) -> TrainIterator:
@@ -251,6 +242,5 @@ def make_train_iterator(shard_paths: Sources, fmt: templates.Formatter, phase: s
                          process_index=jax.process_index(), process_count=count,
                          num_epochs=num_epochs,
                          pack_window_sequences=pack_window_sequences, worker_count=worker_count,
-                         prefetch_batches=prefetch_batches, read_options=read_options,
-                         skip_limits=skip_limits)
+                         read_options=read_options, skip_limits=skip_limits)
   return TrainIterator(dataset, batch_shardings(mesh))

@@ -113,8 +113,6 @@ def defaults() -> ml_collections.ConfigDict:
           "path": "",
           "tokenizer": "",
           "worker_count": 0,
-          # Without worker processes: batches a background thread builds while the step runs.
-          "prefetch_batches": 2,
           # Too much skipped is an error naming the top reasons (mimo_jax.data.packing.SkipLimits):
           # more than this share of the examples (counted after the first 1000), or this many
           # packing windows in a row with nothing to train on.
@@ -328,8 +326,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         f"{d.source!r}")
   _need(d.source != "shards" or bool(d.path), "data.path", "the 'shards' source needs a path")
   _need(d.worker_count >= 0, "data.worker_count", f"must be >= 0, got {d.worker_count}")
-  _need(d.prefetch_batches >= 0, "data.prefetch_batches",
-        f"must be >= 0, got {d.prefetch_batches}")
   _need(0 < d.max_skip_fraction <= 1, "data.max_skip_fraction",
         f"must be in (0, 1], got {d.max_skip_fraction}")
   _need(d.max_empty_windows >= 1, "data.max_empty_windows",

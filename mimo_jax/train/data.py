@@ -111,7 +111,7 @@ def make_source(cfg: ml_collections.ConfigDict, model_cfg: MimoAudioConfig,
   try:
     iterator = pipeline.make_train_iterator(
         paths, fmt, t.phase, t.positions, t.batch_size, d.seed, mesh,
-        worker_count=d.worker_count, prefetch_batches=d.prefetch_batches, skip_limits=limits,
+        worker_count=d.worker_count, skip_limits=limits,
         example_fn=pipeline.PhaseExamples(fmt, t.phase, d.seed, mixtures))
   except ValueError as e:  # shards that cannot feed this job (e.g. no records)
     raise ConfigError(f"config.data.path: {e}") from None
