@@ -26,8 +26,9 @@ stream's schedule and the model makes the audio, which a small model can do long
 learnt to switch between text and audio by itself.
 
 Everything lands in the workdir: checkpoints, each run's loss_curve.png, the evaluation's tables
-and audio (`eval/`), the stages' compilation cache (`jax_cache/`), and `report.json` with the timings, the training curves' ends, the judges'
-scores and each target met or missed (`TARGETS`), which are also printed.
+and audio (`eval/`), the stages' compilation cache (`jax_cache/`), and `report.json` with the
+timings, the training curves' ends, the judges' scores and each target met or missed (`TARGETS`),
+which are also printed.
 """
 
 from __future__ import annotations
