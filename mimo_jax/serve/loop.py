@@ -57,6 +57,7 @@ class ServingLoop:
     self.stats = LoopStats()
     self._queue: collections.deque[Job] = collections.deque()
     self._rows: dict[int, Job] = {}
+    self._admitting = 0  # jobs taken from the queue for free rows, not yet in `_rows`
     self._wake = threading.Condition()
     self._stopping = False
     self._thread = threading.Thread(target=self._run, name="serving-loop", daemon=True)
@@ -74,7 +75,10 @@ class ServingLoop:
   def submit(self, request: Any, timeout_s: float, on_event: Callable[[str, Any], None]) -> Job:
     job = Job(request, time.monotonic() + timeout_s, on_event)
     with self._wake:
-      if len(self._queue) >= self.max_queue:
+      # Jobs the free rows will take do not wait: a burst that arrives before the loop thread
+      # admits anything must not be refused while rows are free.
+      free_rows = self.model.slots - len(self._rows) - self._admitting
+      if len(self._queue) - max(free_rows, 0) >= self.max_queue:
         raise QueueFull(f"the queue holds {len(self._queue)} requests (--max_queue)")
       self._queue.append(job)
       self.stats.queued = len(self._queue)
@@ -106,6 +110,7 @@ class ServingLoop:
         free = [r for r in range(self.model.slots) if r not in self._rows]
         while free and self._queue:
           admitted.append((free.pop(0), self._queue.popleft()))
+        self._admitting = len(admitted)
         self.stats.queued = len(self._queue)
       for row, job in list(self._rows.items()):
         if job.cancelled or now > job.deadline:
@@ -119,6 +124,8 @@ class ServingLoop:
           self._end(job, "error", e)
           continue
         self._rows[row] = job
+      with self._wake:
+        self._admitting = 0
       self.stats.busy = len(self._rows)
       if not self._rows:
         continue

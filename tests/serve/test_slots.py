@@ -129,3 +129,13 @@ def _wait(condition, timeout_s=30.0):
   while not condition():
     assert time.monotonic() < end, "timed out waiting"
     time.sleep(0.01)
+
+
+def test_a_burst_before_admission_is_not_refused_while_rows_are_free():
+  """Requests that free rows will take do not count against the queue: with the loop thread not
+  yet run, slots + max_queue requests are accepted and only the next one is refused."""
+  loop = ServingLoop(_Model(), max_queue=1)  # not started: nothing is admitted
+  for request in range(_Model.slots + 1):
+    loop.submit(request, 60, lambda kind, payload: None)
+  with pytest.raises(QueueFull):
+    loop.submit(0, 60, lambda kind, payload: None)
