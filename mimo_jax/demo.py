@@ -72,7 +72,7 @@ RECIPES = {
     "demo": Recipe(utterances=64, codec_steps=600, phase1_steps=300, phase2_steps=300,
                    eval_items=8, max_new=64, phase2_task_weights="asr=2"),
     # 2400 codec steps: the closed-set judge names 45 of the 48 held-out clips through the codec,
-    # against 20 of 48 after 800 steps (espeak-ng originals: 46).
+    # against 20 of 48 after 800 steps (espeak-ng originals: 45-46, learning.md).
     "learn": Recipe(utterances=2000, codec_steps=2400, phase1_steps=500, phase2_steps=700,
                     eval_items=48, max_new=96, grammar_sentences=3000,
                     held_out_sentences=100, held_out_speakers=("en_us_f2", "en_ca_m4"),
