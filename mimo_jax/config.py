@@ -325,6 +325,12 @@ class LossConfig:
   # audio positions gathered to a static capacity; those past it are dropped and counted, see
   # mimo_jax.lm.loss.loss). 0: no capacity, both run on every position and text is masked.
   audio_capacity: float = 0.0
+  # Per audio channel, the probability that a code the model reads in training (patch encoder
+  # input, patch decoder teacher-forced input) is replaced by a random code of its codebook; the
+  # targets stay clean. In generation the model reads its own codes back, and a small model's
+  # fine channels are often wrong: trained on clean codes only, it derails on them (see
+  # experiments/results/learning.md). None: no noise.
+  input_code_noise: tuple[float, ...] | None = None
 
   def __post_init__(self):
     _check(self.phase in PHASES, "phase", f"must be one of {PHASES}, got {self.phase!r}")
@@ -337,6 +343,8 @@ class LossConfig:
            f"must be >= 0, got {self.text_chunk_size}")
     _check(0 <= self.audio_capacity <= 1, "audio_capacity",
            f"must be in [0, 1] (0: none), got {self.audio_capacity}")
+    _check(all(0 <= q <= 1 for q in self.input_code_noise or ()), "input_code_noise",
+           f"needs probabilities in [0, 1], got {self.input_code_noise}")
 
   @property
   def weights(self) -> tuple[float, ...]:

@@ -79,18 +79,34 @@ def text_loss(params: dict, hidden_bpd: jax.Array, targets_bp: jax.Array, weight
                 "empty_acc": sums_6[4] / jnp.maximum(sums_6[5], 1)}
 
 
+def corrupt_codes(codes_bpgc: jax.Array, noise_c: tuple[float, ...], cfg: MimoAudioConfig,
+                  key: jax.Array) -> jax.Array:
+  """Each code of channel c replaced with probability noise_c[c] by one drawn uniformly from
+  that channel's codebook (the ids below its empty id); empty ids are left as they are."""
+  replace_key, draw_key = jax.random.split(key)
+  replace_bpgc = jax.random.bernoulli(replace_key, jnp.asarray(noise_c, jnp.float32),
+                                      codes_bpgc.shape) & model.is_code(codes_bpgc, cfg)
+  drawn_bpgc = jax.random.randint(draw_key, codes_bpgc.shape, 0,
+                                  jnp.asarray(cfg.speech_zeroemb_idx), codes_bpgc.dtype)
+  return jnp.where(replace_bpgc, drawn_bpgc, codes_bpgc)
+
+
 def audio_losses(params: dict, cfg: MimoAudioConfig, hidden_bpd: jax.Array,
                  codes_bpgc: jax.Array, slots: model.AudioSlots,
-                 dropout_key: jax.Array | None = None) -> tuple[list, dict]:
+                 dropout_key: jax.Array | None = None,
+                 input_codes_bpgc: jax.Array | None = None) -> tuple[list, dict]:
   """Per-channel patch-decoder cross-entropy over the patches that positions predict; slots
-  (`model.audio_slots` on the audio target positions) says where the patch decoder runs."""
+  (`model.audio_slots` on the audio target positions) says where the patch decoder runs. The
+  decoder is teacher-forced with input_codes_bpgc (default: the target codes codes_bpgc)."""
   g, c = cfg.group_size, cfg.audio_channels
   hidden_bkd = model.gather_slots(hidden_bpd, slots)
   b, k, _ = hidden_bkd.shape
   cond_nd = model.local_cond(params, cfg, hidden_bkd).reshape(b * k, -1)
-  target_codes_ngc = model.gather_slots(_shift_to_predictor(codes_bpgc, 0), slots).reshape(
+  next_patch = lambda x_bpgc: model.gather_slots(_shift_to_predictor(x_bpgc, 0), slots).reshape(
       b * k, g, c)
-  logits = model.patch_decoder_logits(params, cfg, cond_nd, target_codes_ngc, dropout_key)
+  target_codes_ngc = next_patch(codes_bpgc)
+  input_codes_ngc = target_codes_ngc if input_codes_bpgc is None else next_patch(input_codes_bpgc)
+  logits = model.patch_decoder_logits(params, cfg, cond_nd, input_codes_ngc, dropout_key)
   cells_ngc = slots.keep_bk.reshape(b * k, 1, 1) & model.is_code(target_codes_ngc, cfg)
   losses, metrics = [], {}
   for ch, logits_ngv in enumerate(logits):
@@ -112,8 +128,9 @@ def loss(params: dict, cfg: MimoAudioConfig, loss_cfg: LossConfig, batch: dict,
   tokens are targets, e.g. 0 over an SFT prompt). With no audio weight (phase `understanding`)
   the patch decoder is never run and its parameters are not read.
 
-  dropout_key (training) turns on the local stacks' attention dropout (`local_attn_dropout`);
-  without it the loss is deterministic (evaluation).
+  dropout_key (training) turns on the local stacks' attention dropout (`local_attn_dropout`)
+  and the noise on the codes the model reads (`loss_cfg.input_code_noise`); without it the loss
+  is deterministic (evaluation).
 
   With `loss_cfg.audio_capacity` set, the patch encoder runs on at most that share of each
   sequence's positions (its audio inputs) and the patch decoder on as many (its audio targets);
@@ -124,11 +141,20 @@ def loss(params: dict, cfg: MimoAudioConfig, loss_cfg: LossConfig, batch: dict,
   weights = loss_cfg.weights
   if len(weights) != 1 + cfg.audio_channels:
     raise ValueError(f"channel_weights: needs 1 + {cfg.audio_channels} entries, got {weights}")
+  noise = loss_cfg.input_code_noise
+  if noise is not None and len(noise) != cfg.audio_channels:
+    raise ValueError(f"input_code_noise: needs {cfg.audio_channels} entries, got {noise}")
   text_bp, codes_bpgc = model.split_channels(batch["input_ids"], cfg)
+  input_ids, input_codes_bpgc = batch["input_ids"], codes_bpgc
   encoder_key, decoder_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+  if dropout_key is not None and noise is not None:
+    # A key of its own, so that runs without noise keep their dropout keys.
+    noise_key = jax.random.fold_in(dropout_key, 1)
+    input_codes_bpgc = corrupt_codes(codes_bpgc, noise, cfg, noise_key)
+    input_ids = model.with_codes(input_ids, input_codes_bpgc)
   capacity = loss_cfg.audio_capacity
   input_slots = model.audio_slots(text_bp == empty_id, capacity)
-  hidden_bpd = model.forward(params, cfg, batch["input_ids"], empty_id,
+  hidden_bpd = model.forward(params, cfg, input_ids, empty_id,
                              positions_bp=batch.get("positions"),
                              segment_ids_bp=batch.get("segment_ids"), dropout_key=encoder_key,
                              slots=input_slots)
@@ -142,7 +168,7 @@ def loss(params: dict, cfg: MimoAudioConfig, loss_cfg: LossConfig, batch: dict,
   if loss_cfg.trains_audio:
     target_slots = model.audio_slots(has_target_bp & (targets_bp == empty_id), capacity)
     audio, audio_metrics = audio_losses(params, cfg, hidden_bpd, codes_bpgc, target_slots,
-                                        decoder_key)
+                                        decoder_key, input_codes_bpgc)
     channel_losses += audio
     metrics.update(audio_metrics)
     if capacity > 0:

@@ -61,6 +61,14 @@ def split_channels(input_ids_bcl: jax.Array, cfg: MimoAudioConfig) -> tuple[jax.
   return text_bp, codes_bpgc
 
 
+def with_codes(input_ids_bcl: jax.Array, codes_bpgc: jax.Array) -> jax.Array:
+  """input_ids with its audio rows replaced by codes [b, p, g, c] (the inverse of
+  split_channels for those rows)."""
+  b, c, length = input_ids_bcl.shape[0], codes_bpgc.shape[-1], input_ids_bcl.shape[-1]
+  rows_bcl = codes_bpgc.transpose(0, 3, 1, 2).reshape(b, c, length)
+  return jnp.concatenate([input_ids_bcl[:, :1], rows_bcl.astype(input_ids_bcl.dtype)], axis=1)
+
+
 def speech_embedding_sum(params: dict, codes_ngc: jax.Array, keep_ngc: jax.Array,
                          cfg: MimoAudioConfig, accum_dtype=None) -> jax.Array:
   """Sum over channels (in channel order) of each kept channel's code embedding: [..., c] ->

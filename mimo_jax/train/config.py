@@ -104,6 +104,9 @@ def defaults() -> ml_collections.ConfigDict:
           "channel_weights": config_dict.placeholder(tuple),
           "empty_loss_weight": 0.01,
           "text_chunk_size": 0,
+          # One probability per audio channel that a code read in training is replaced by a
+          # random one (targets stay clean; mimo_jax.config.LossConfig). None: no noise.
+          "input_code_noise": config_dict.placeholder(tuple),
       },
       "data": {
           "source": "synthetic",
@@ -217,12 +220,13 @@ def model_from(cfg: ml_collections.ConfigDict) -> MimoAudioConfig:
 
 
 def loss_from(cfg: ml_collections.ConfigDict) -> LossConfig:
-  weights = cfg.loss.channel_weights
+  weights, noise = cfg.loss.channel_weights, cfg.loss.input_code_noise
   try:
     return LossConfig(phase=cfg.train.phase,
                       channel_weights=None if weights is None else tuple(weights),
                       empty_loss_weight=cfg.loss.empty_loss_weight,
                       text_chunk_size=cfg.loss.text_chunk_size,
+                      input_code_noise=None if noise is None else tuple(noise),
                       audio_capacity=cfg.train.audio_capacity)
   except ConfigError as e:  # "<field>: message" from LossConfig
     prefix = "config.train." if str(e).startswith(("phase", "audio_capacity")) else "config.loss."
@@ -344,6 +348,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   loss_cfg = loss_from(cfg)
   _need(len(loss_cfg.weights) == 1 + model.audio_channels, "loss.channel_weights",
         f"needs 1 + {model.audio_channels} entries, got {loss_cfg.weights}")
+  _need(len(loss_cfg.input_code_noise or ()) in (0, model.audio_channels), "loss.input_code_noise",
+        f"needs {model.audio_channels} entries (one per audio channel), got "
+        f"{loss_cfg.input_code_noise}")
   if d.source == "synthetic":  # text ids are drawn above <|empty|>, codes below the empty ids
     _need(0 <= d.empty_id < model.vocab_size - 1, "data.empty_id",
           f"the synthetic source draws text ids in (empty_id, vocab_size): {d.empty_id} leaves "

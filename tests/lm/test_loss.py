@@ -196,3 +196,62 @@ def test_local_attention_dropout_needs_a_key_and_follows_it():
   rate_zero = metrics(cfg.replace(local_attn_dropout=0.0))(params, jax.random.key(0))
   for name, value in deterministic.items():
     np.testing.assert_array_equal(rate_zero[name], value, err_msg=name)
+
+
+def test_with_codes_writes_back_what_split_channels_reads():
+  cfg = config.tiny()
+  input_ids = _interleaved_batch(cfg, np.random.RandomState(3), n_positions=5)
+  text_bp, codes_bpgc = model.split_channels(jnp.asarray(input_ids), cfg)
+  np.testing.assert_array_equal(model.with_codes(jnp.asarray(input_ids), codes_bpgc), input_ids)
+  shifted_bpgc = (codes_bpgc + 1) % 7
+  rewritten = model.with_codes(jnp.asarray(input_ids), shifted_bpgc)
+  np.testing.assert_array_equal(rewritten[:, 0], input_ids[:, 0])  # the text row is kept
+  np.testing.assert_array_equal(model.split_channels(rewritten, cfg)[1], shifted_bpgc)
+
+
+def test_corrupt_codes_replaces_each_channel_at_its_rate_and_keeps_empty_ids():
+  cfg = config.tiny()
+  empty_c = np.asarray(cfg.speech_zeroemb_idx)
+  rng = np.random.RandomState(4)
+  codes_bpgc = rng.randint(0, empty_c, (8, 64, 4, 8))
+  codes_bpgc[:, ::3] = empty_c  # every third position holds no audio
+  noise_c = (0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 1.0, 1.0)
+  noisy_bpgc = np.asarray(loss.corrupt_codes(jnp.asarray(codes_bpgc), noise_c, cfg,
+                                             jax.random.key(0)))
+  is_empty = codes_bpgc == empty_c
+  np.testing.assert_array_equal(noisy_bpgc[is_empty], codes_bpgc[is_empty])
+  assert np.all(noisy_bpgc[~is_empty] < np.broadcast_to(empty_c, codes_bpgc.shape)[~is_empty])
+  changed_c = [np.mean((noisy_bpgc != codes_bpgc)[..., ch][~is_empty[..., ch]]) for ch in range(8)]
+  np.testing.assert_array_equal(changed_c[:4], 0)
+  # A replaced code is drawn from the whole codebook, so it keeps its value 1 / size of the time.
+  for ch in range(4, 8):
+    expected = noise_c[ch] * (1 - 1 / empty_c[ch])
+    assert abs(changed_c[ch] - expected) < 0.03, (ch, changed_c[ch], expected)
+
+
+def test_input_code_noise_changes_what_the_model_reads_not_what_it_is_scored_on():
+  cfg = config.tiny().replace(local_attn_dropout=0.0)
+  params = random_params(model.param_specs(cfg))
+  batch = {"input_ids": _interleaved_batch(cfg, np.random.RandomState(5), n_positions=8)}
+  noise_c = (0.3,) * 8
+  run = lambda noise, b, key: jax.jit(lambda p: loss.loss(
+      p, cfg, LossConfig("generation", input_code_noise=noise), b, EMPTY_ID, dropout_key=key)[1]
+  )(params)
+  clean = run(None, batch, jax.random.key(0))
+  # Evaluation (no key) and a rate of 0 read the clean codes: the same computation exactly.
+  for other in (run(noise_c, batch, None), run((0.0,) * 8, batch, jax.random.key(0))):
+    for name, value in clean.items():
+      np.testing.assert_array_equal(other[name], value, err_msg=name)
+  noisy = run(noise_c, batch, jax.random.key(0))
+  # The same noisy codes written into the batch (so they are the targets too), without noise.
+  _, codes_bpgc = model.split_channels(jnp.asarray(batch["input_ids"]), cfg)
+  noisy_codes = loss.corrupt_codes(codes_bpgc, noise_c, cfg, jax.random.fold_in(
+      jax.random.key(0), 1))
+  as_targets = run(None, {"input_ids": model.with_codes(jnp.asarray(batch["input_ids"]),
+                                                        noisy_codes)}, jax.random.key(0))
+  # The backbone read exactly those codes (its text loss is the same), ...
+  np.testing.assert_allclose(noisy["text_loss"], as_targets["text_loss"], atol=1e-6, rtol=0)
+  assert noisy["text_loss"] != clean["text_loss"]
+  # ... and the patch decoder was scored on the clean codes, not the noisy ones.
+  for ch in range(8):
+    assert noisy[f"audio_loss_c{ch}"] != as_targets[f"audio_loss_c{ch}"], ch

@@ -59,6 +59,17 @@ def test_bad_train_fields_are_named(field, value, message):
     train_config.validate(cfg)
 
 
+@pytest.mark.parametrize("noise, message", [
+    ((0.5,) * 7, "needs 8 entries"),
+    ((0.0,) * 7 + (1.5,), "needs probabilities in"),
+])
+def test_bad_input_code_noise_is_named(noise, message):
+  cfg = tiny_config()
+  cfg.loss.input_code_noise = noise
+  with pytest.raises(ConfigError, match=r"config\.loss\.input_code_noise: " + message):
+    train_config.validate(cfg)
+
+
 def test_bad_model_override_is_named():
   cfg = tiny_config()
   cfg.model.overrides = {"hidden_sise": 64}
