@@ -3,7 +3,7 @@
   python -m mimo_jax.evaluate --ckpt=RUN_OR_OFFICIAL_DIR [--ckpt=...] --codec_ckpt=DIR \\
       --tasks=asr,tts,codec --data=asr=/data/test-clean --data=tts=/data/meta.lst \\
       --data=codec=/data/clips.jsonl --output=DIR [--prompt_format=sft|pretrain] \\
-      [--stream_text=given|free] [--closed_set=SENTENCES.txt]
+      [--stream_text=given|free] [--tts_audio_temperature=T] [--closed_set=SENTENCES.txt]
 
 Tasks (`eval.tasks`): asr, tts, continuation, codec, s2s, dialogue, mmlu_t2t / s2t / t2s / s2s.
 `--data=TASK=PATH` names each task's local data (a bare PATH serves every task). Several --ckpt
@@ -199,6 +199,7 @@ def run(args) -> int:
   options = {"continuation_seconds": args.continuation_seconds, "n_q": args.n_q,
              "dnsmos": args.dnsmos, "closed_judge": args.closed_judge,
              "stream_text": args.stream_text, "self_asr": args.self_asr,
+             "tts_audio_temperature": args.tts_audio_temperature,
              "prompt_format": args.prompt_format, "max_new": args.max_new, "seed": args.seed}
   closed_set = read_closed_set(args.closed_set) if args.closed_set else []
   open_judge, judged = judges.SphinxJudge(), tasks.Judged()
@@ -269,6 +270,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum("stream_text", "given", list(STREAM_TEXT), "TTS: the output stream's text "
                     "channel. " + "; ".join(f"{k}: {v}" for k, v in STREAM_TEXT.items()) + ".",
                     flag_values=fv)
+  flags.DEFINE_float("tts_audio_temperature", None, "TTS: the temperature of the audio channels' "
+                     "sampler (0: greedy); default: the official TTS preset (0.9, top-p 0.95).",
+                     lower_bound=0, flag_values=fv)
   flags.DEFINE_bool("self_asr", True, "TTS: also transcribe the generated speech with the "
                     "model's own ASR (one more generation per batch).", flag_values=fv)
 

@@ -40,6 +40,7 @@ from mimo_jax.codec import api as codec_api
 from mimo_jax.data import manifest
 from mimo_jax.data.manifest import Skips
 from mimo_jax.eval import choice, codec_metrics, judges, wer
+from mimo_jax.lm import sampling
 
 EMPTY_REFERENCE = "empty_reference"
 NO_AUDIO = "no_audio"  # the model answered without speech: scored, not skipped
@@ -300,7 +301,10 @@ def run_asr(ctx: Context, batch: list[dict]) -> list[dict]:
 
 def _generate_kwargs(ctx: Context) -> dict:
   """Options a TTS generation takes from the flags (`MimoAudio.generate`'s own defaults else)."""
-  return {"stream_text": ctx.options["stream_text"]} if "stream_text" in ctx.options else {}
+  kwargs = {"stream_text": ctx.options["stream_text"]} if "stream_text" in ctx.options else {}
+  if ctx.options.get("tts_audio_temperature") is not None:
+    kwargs["audio_sampler"] = sampling.from_temperature(ctx.options["tts_audio_temperature"])
+  return kwargs
 
 
 def run_tts(ctx: Context, batch: list[dict]) -> list[dict]:

@@ -44,6 +44,12 @@ class SamplerConfig:
 GREEDY = SamplerConfig(greedy=True)
 
 
+def from_temperature(temperature: float) -> SamplerConfig:
+  """The sampler a single temperature asks for, as in the OpenAI API: 0 is greedy (argmax),
+  anything else plain sampling at that temperature (no top-k / top-p)."""
+  return GREEDY if temperature == 0 else SamplerConfig(temperature=temperature)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskPreset:
   """Text (global) and audio (local) samplers of one task and the text tokens that end it."""

@@ -28,7 +28,7 @@ from mimo_jax import inference
 from mimo_jax.codec import streaming
 from mimo_jax.data import templates
 from mimo_jax.lm import generate as gen
-from mimo_jax.lm.sampling import SamplerConfig
+from mimo_jax.lm import sampling
 from mimo_jax.serve import audio
 from mimo_jax.serve.loop import QueueFull, ServingLoop
 from mimo_jax.serve.metrics import Metrics
@@ -154,10 +154,7 @@ class Server:
     if max_new is not None and max_new > self.max_new:
       raise ApiError(400, "bad_request", f"max_tokens: {max_new}, over the server's "
                      f"{self.max_new} (--max_new)")
-    sampler = None
-    if temperature is not None:
-      sampler = SamplerConfig(greedy=True) if temperature == 0 else SamplerConfig(
-          temperature=temperature)
+    sampler = None if temperature is None else sampling.from_temperature(temperature)
     try:
       request = self.mimo.request(example, None, max_new or self.max_new, 0, seed, sampler,
                                    sampler, stream_text)

@@ -13,6 +13,7 @@ from mimo_jax import evaluate, inference
 from mimo_jax.codec import config as codec_config
 from mimo_jax.data import corpus
 from mimo_jax.eval import store, tasks
+from mimo_jax.lm import sampling
 from mimo_jax.train.checkpoint import Checkpointer
 from tests.helpers import speaking_params
 
@@ -108,6 +109,33 @@ class CountingJudge:
   def transcribe(self, wav, sr):
     self.heard.append(len(wav))
     return "the same words"
+
+
+class RecordingTTS:
+  """Model stand-in: speaks a second of noise for every text and keeps the generation options."""
+
+  def __init__(self):
+    self.options = []
+
+  def tts(self, texts, **generate_kwargs):
+    self.options.append(generate_kwargs)
+    return [np.random.RandomState(0).uniform(-0.1, 0.1, 24000).astype(np.float32) for _ in texts]
+
+
+@pytest.mark.parametrize("temperature, audio_sampler", [
+    (None, None), (0.0, sampling.GREEDY), (0.5, sampling.SamplerConfig(temperature=0.5))])
+def test_tts_audio_temperature_reaches_the_generation(tmp_path, clips, temperature,
+                                                      audio_sampler):
+  """--tts_audio_temperature replaces the TTS preset's audio sampler (0: greedy); unset, the
+  generation gets no sampler and keeps the official preset."""
+  data = {"tts": evaluate.read_task("tts", clips, None, n_shots=0)}
+  model = RecordingTTS()
+  evaluate.evaluate_checkpoint(
+      "run", model, (None, codec_config.tiny()), data, str(tmp_path / "out"),
+      options={"dnsmos": False, "stream_text": "given", "self_asr": False,
+               "tts_audio_temperature": temperature}, open_judge=CountingJudge())
+  assert model.options and all(o.get("audio_sampler") == audio_sampler for o in model.options)
+  assert all(o["stream_text"] == "given" for o in model.options)
 
 
 def test_each_reference_clip_is_judged_once_per_evaluation(tmp_path, clips):
