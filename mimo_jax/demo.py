@@ -48,8 +48,9 @@ class Recipe:
   """What one recipe trains on and how long. `grammar_sentences` 0: the bundled sentence list,
   with the training clips and sentences evaluated (memorisation); otherwise that many sentences
   of `data.sentence_grammar`, of which `held_out_sentences` and the `held_out_speakers` voices
-  are never trained on and are what is evaluated. `phase2_task_weights`: changes to phase 2's
-  task mixture (`data.task_weights`)."""
+  are never trained on and are what is evaluated. `phase2_config`: phase 2's changes to the LM
+  config (`key=value` under `--config.`). `tts_audio_temperature`: the TTS evaluation's audio
+  sampler (None: the official preset; 0: greedy)."""
 
   utterances: int
   codec_steps: int
@@ -61,16 +62,28 @@ class Recipe:
   held_out_sentences: int = 0
   held_out_speakers: tuple[str, ...] = ()
   baselines: bool = False
-  phase2_task_weights: str = ""
+  phase2_config: tuple[str, ...] = ()
+  tts_audio_temperature: float | None = None
 
+
+LM_GROUPS = ("llm", "patch_encoder", "patch_decoder")  # the LM's learning-rate groups
 
 RECIPES = {
-    # ASR twice as often in phase 2 (1 example in 3 instead of 1 in 5): from the same phase-1
-    # checkpoint, ASR WER 0.0 with seeds 0 and 1, against 0.25 and 0.125 at equal weights
-    # (experiments/results/learning.md). 600 codec steps: the closed-set judge names 55 of the
+    # Phase 2 trains what the demo scores, fast enough to be learnt within its 15 min: ASR twice
+    # as often and no caption or text-only examples, the audio channels weighed more against
+    # text, a higher rate, noise on the fine channels' inputs so that the model survives its own
+    # errors there (greedy TTS reads its generated codes back), and the patch stacks only on
+    # audio positions. TTS is scored with the greedy audio sampler: the official preset's
+    # temperature 0.9 puts errors into every patch of a model this small. Each choice is measured
+    # in experiments/results/learning.md. 600 codec steps: the closed-set judge names 55 of the
     # 64 training clips through the codec, against 20 of 64 after 300 steps (learning.md).
-    "demo": Recipe(utterances=64, codec_steps=600, phase1_steps=300, phase2_steps=300,
-                   eval_items=8, max_new=64, phase2_task_weights="asr=2"),
+    "demo": Recipe(utterances=64, codec_steps=600, phase1_steps=300, phase2_steps=500,
+                   eval_items=8, max_new=64, tts_audio_temperature=0.0, phase2_config=(
+                       "data.task_weights=asr=2,audio_caption=0,text=0",
+                       "loss.channel_weights=(20,12,8,6,4,2,2,1,1)",
+                       "loss.input_code_noise=(0,0,0,0,0.5,0.5,0.5,0.5)",
+                       "train.audio_capacity=0.75",
+                       *[f"train.learning_rates.{group}=2e-3" for group in LM_GROUPS])),
     # 2400 codec steps: the closed-set judge names 45 of the 48 held-out clips through the codec,
     # against 20 of 48 after 800 steps (espeak-ng originals: 45-46, learning.md).
     "learn": Recipe(utterances=2000, codec_steps=2400, phase1_steps=500, phase2_steps=700,
@@ -294,7 +307,7 @@ def main(argv):
   seconds["phase2"] = _run_stage("phase2", [
       "mimo_jax.train", *lm_flags, "--config.train.phase=generation",
       f"--config.train.steps={phase2_steps}", f"--init_from={runs['phase1']}",
-      f"--config.data.task_weights={recipe.phase2_task_weights}",
+      *[f"--config.{change}" for change in recipe.phase2_config],
       f"--workdir={runs['phase2']}"], workdir)
   evaluated = {"trained": runs["phase2"]}
   if recipe.baselines:
@@ -303,8 +316,7 @@ def main(argv):
     evaluated["random_init"] = os.path.join(workdir, "lm_random_init")
     seconds["random_init"] = _run_stage("random_init", [
         "mimo_jax.train", *lm_flags, "--config.train.phase=generation", "--config.train.steps=1",
-        *[f"--config.train.learning_rates.{group}=1e-30"
-          for group in ("llm", "patch_encoder", "patch_decoder")],
+        *[f"--config.train.learning_rates.{group}=1e-30" for group in LM_GROUPS],
         f"--workdir={evaluated['random_init']}"], workdir)
     evaluated["phase1_only"] = runs["phase1"]
   eval_dir = os.path.join(workdir, "eval")
@@ -313,7 +325,9 @@ def main(argv):
       f"--codec_ckpt={codec_export}", f"--tokenizer={tokenizer}", "--tasks=asr,tts,codec",
       f"--data={eval_manifest}", f"--output={eval_dir}", "--prompt_format=pretrain",
       "--stream_text=given", "--closed_judge", f"--closed_set={closed_set}",
-      f"--max_new={f.max_new}"], workdir)
+      f"--max_new={f.max_new}",
+      *([] if recipe.tts_audio_temperature is None else
+        [f"--tts_audio_temperature={recipe.tts_audio_temperature}"])], workdir)
   scores = {name: _read_summary(eval_dir, run) for name, run in evaluated.items()}
   report = {"recipe": f.recipe, "seconds": seconds,
             "codec": _curve_ends(codec), **{run: _curve_ends(path) for run, path in runs.items()},

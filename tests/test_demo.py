@@ -30,6 +30,11 @@ def test_demo_runs_every_stage_and_is_judged(tmp_path):
   assert "audio_loss_c0" not in report["phase1"]["last"]
   for run in ("lm_phase1", "lm_phase2"):
     assert os.path.getsize(tmp_path / run / "loss_curve.png") > 0
+  # Phase 2 and the TTS evaluation ran with the recipe's settings.
+  with open(tmp_path / "lm_phase2" / "run.json") as f:
+    assert json.load(f)["loss"]["input_code_noise"] == [0, 0, 0, 0, 0.5, 0.5, 0.5, 0.5]
+  with open(tmp_path / "eval" / "lm_phase2" / "summary.json") as f:
+    assert json.load(f)["settings"]["tts_audio_temperature"] == 0.0
   # The judges' scores, each beside the same judge on the espeak-ng ground truth.
   scores = report["scores"]["trained"]
   tts = scores["tts"]
