@@ -69,7 +69,7 @@ class Recipe:
 LM_GROUPS = ("llm", "patch_encoder", "patch_decoder")  # the LM's learning-rate groups
 
 RECIPES = {
-    # Phase 2 trains what the demo scores, fast enough to be learnt within its 15 min: ASR twice
+    # Phase 2 trains what the demo scores, in few enough steps for the demo's time: ASR twice
     # as often and no caption or text-only examples, the audio channels weighed more against
     # text, a higher rate, noise on the fine channels' inputs so that the model survives its own
     # errors there (greedy TTS reads its generated codes back), and the patch stacks only on
