@@ -261,8 +261,9 @@ def markdown(report: dict) -> str:
   lines = [f"# Generation on CPU ({report['date']}; rows of models not rerun are kept from "
            f"earlier runs, each with its own load note in the json)", "",
            f"Command: `{report['command']}`; commit {report['commit']}.",
-           f"Machine: {report['machine']['cpu_model']}, {report['machine']['cores_usable']} "
-           f"usable cores; load average at the start {report['loadavg_start']}, at the end "
+           f"Machine: {report['machine']['cpu_model']} ({report['machine']['cpu_family_model']}"
+           f"{', AVX-512' if 'avx512f' in report['machine']['simd_flags'] else ''}), "
+           f"{report['machine']['cores_usable']} usable cores; load average at the start {report['loadavg_start']}, at the end "
            f"{report['loadavg_end']} (the machine is shared with other work: rows marked "
            f"'contended' had fewer than 2 clean calls). One-core copy bandwidth "
            f"{report.get('copy_gb_per_s', float('nan')):.1f} GB/s.", "",
