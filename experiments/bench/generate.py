@@ -258,15 +258,16 @@ def ratios(rows: list[dict]) -> list[str]:
 
 
 def markdown(report: dict) -> str:
+  machine = report["machine"]
+  avx512 = ", AVX-512" if "avx512f" in machine["simd_flags"] else ""
   lines = [f"# Generation on CPU ({report['date']}; rows of models not rerun are kept from "
            f"earlier runs, each with its own load note in the json)", "",
            f"Command: `{report['command']}`; commit {report['commit']}.",
-           f"Machine: {report['machine']['cpu_model']} ({report['machine']['cpu_family_model']}"
-           f"{', AVX-512' if 'avx512f' in report['machine']['simd_flags'] else ''}), "
-           f"{report['machine']['cores_usable']} usable cores; load average at the start {report['loadavg_start']}, at the end "
-           f"{report['loadavg_end']} (the machine is shared with other work: rows marked "
-           f"'contended' had fewer than 2 clean calls). One-core copy bandwidth "
-           f"{report.get('copy_gb_per_s', float('nan')):.1f} GB/s.", "",
+           f"Machine: {machine['cpu_model']} ({machine['cpu_family_model']}{avx512}), "
+           f"{machine['cores_usable']} usable cores; load average at the start "
+           f"{report['loadavg_start']}, at the end {report['loadavg_end']} (the machine is shared "
+           f"with other work: rows marked 'contended' had fewer than 2 clean calls). One-core "
+           f"copy bandwidth {report.get('copy_gb_per_s', float('nan')):.1f} GB/s.", "",
            "| model | batch | steps | steps/s/row | tokens/s | RTF (LM) | prefill s | "
            "first call s | GFLOP/step | GFLOP/s | weight MB/step | weight GB/s | clean |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
