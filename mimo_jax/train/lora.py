@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mimo_jax.config import ConfigError
+from mimo_jax.convert.names import to_host
 from mimo_jax.nn.params import ParamSpec
 
 _PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -78,7 +79,11 @@ class MergedLayers:
     self._kernel, self._a, self._b, self._scale = kernel_lde, a_ldr, b_lre, scale
 
   def __getitem__(self, layer: int) -> jax.Array:
-    return _merge_layer(self._kernel[layer], self._a[layer], self._b[layer], self._scale)
+    # Merged on one device from host copies, so that the exported bytes do not depend on the
+    # mesh the run was read onto: a merge compiled for sharded operands can round differently
+    # (by 1 ulp on AVX-512 CPUs).
+    operands = (to_host(x[layer]) for x in (self._kernel, self._a, self._b))
+    return _merge_layer(*operands, self._scale)
 
 
 _merge_layer = jax.jit(merge_kernel, static_argnums=3)

@@ -166,9 +166,13 @@ def test_lora_run_exports_with_the_adapters_merged(tmp_path, official_tiny_lm_di
     ckpt.save(3, split_state(state), force=True)
   run_json.write(run_dir, run_json.describe(cfg, setup.model, MESH, None))
   assert convert_cli.run(run_dir, str(tmp_path / "out"), tokenizer=official_tiny_lm_dir) == 0
-  merged = lora.merge(state["params"], state["lora"], 2, cfg.train.lora.alpha)
-  export_checkpoint(merged, setup.model, str(tmp_path / "eager"))
-  _assert_same_tensors(str(tmp_path / "out"), str(tmp_path / "eager"))
+  # The command read the run onto a mesh of all 8 devices; the same merge exported from one
+  # device gives the same bytes. (The export's merge is compiled per layer, so it may round
+  # differently from the op-by-op `lora.merge`: tests/train/test_setup.py::test_lora_merge
+  # checks both against the formula.)
+  merged = lora.merged_view(state["params"], state["lora"], 2, cfg.train.lora.alpha)
+  export_checkpoint(merged, setup.model, str(tmp_path / "direct"))
+  _assert_same_tensors(str(tmp_path / "out"), str(tmp_path / "direct"))
   base = SafetensorsReader(str(tmp_path / "out"))["model.layers.0.self_attn.q_proj.weight"]
   assert not np.array_equal(base, np.asarray(state["params"]["model"]["layers"]["self_attn"][
       "q_proj"]["kernel"][0]).T)  # the adapters are in

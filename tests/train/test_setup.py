@@ -164,6 +164,10 @@ def test_lora_merge():
   np.testing.assert_allclose(merged["model"]["layers"]["self_attn"]["q_proj"]["kernel"], want,
                              atol=1e-6)
   np.testing.assert_array_equal(merged["lm_head"]["kernel"], params["lm_head"]["kernel"])
+  # The export's streamed merge, one layer at a time.
+  streamed = lora.merged_view(params, adapters, 2, 16.0)["model"]["layers"]["self_attn"]["q_proj"]
+  for layer in range(want.shape[0]):
+    np.testing.assert_allclose(streamed["kernel"][layer], want[layer], atol=1e-6)
 
 
 def test_bad_lora_target_is_named():
