@@ -82,8 +82,9 @@ PHASE2_FOCUS = ("data.task_weights=asr=2,audio_caption=0,text=0",
 RECIPES = {
     # TTS is scored with the greedy audio sampler: the official preset's temperature 0.9 puts
     # errors into every patch of a model this small. 1000 codec steps: the closed-set judge names
-    # 61 of the 64 training clips through the codec, against 44 of 64 after 600 steps; the
-    # demo's TTS is named no more often than the codec's reconstructions (learning.md).
+    # 61 of the 64 training clips through the codec, against 44 of 64 after 600 steps (on a Zen 4
+    # box; codecs trained on other CPUs differ); the demo's TTS is named no more often than the
+    # codec's reconstructions (learning.md).
     "demo": Recipe(utterances=64, codec_steps=1000, phase1_steps=300, phase2_steps=500,
                    eval_items=8, max_new=64, tts_audio_temperature=0.0,
                    phase2_config=PHASE2_FOCUS),
