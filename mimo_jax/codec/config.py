@@ -17,11 +17,11 @@ from mimo_jax.config import DTYPES, ConfigError, read_config_json, write_config_
 
 _MODEL_TYPE = "mimo_audio_tokenizer"
 _ARCHITECTURE = "MiMoAudioTokenizer"
-# Self-attention of the transformer stacks: "blocked" computes each block of w = max(left, right)
-# steps of a bounded window against its neighbouring blocks only (O(t * w), `codec.layers.
-# local_attend`), and an unbounded window (the released encoder and decoder) in chunks of queries
-# against all keys; "masked" computes all [t, t] scores under a mask (the reference). Both give
-# the same values.
+# Windowed self-attention of the transformer stacks: "blocked" computes each block of w =
+# max(left, right) steps against its neighbouring blocks only (O(t * w), `codec.layers.
+# local_attend`); "masked" computes all [t, t] scores under a mask (the reference). Both give the
+# same values; a stack with an unbounded window (the released encoder and decoder) is masked
+# either way, since it needs every score it computes.
 ATTENTION_IMPLS = ("blocked", "masked")
 RUNTIME_FIELDS = frozenset({"attention", "dtype", "remat"})
 

@@ -9,10 +9,9 @@ Every function takes per-row valid lengths (or masks derived from them) so that 
 gives each row exactly what the official code gives that row alone (batch 1): padding never enters
 a convolution, a norm statistic or an attention window.
 
-Under `CodecConfig.attention="blocked"` a bounded attention window (the vocoder's 40 left / 10
-right frames) is computed block by block (`local_attend`), so its cost per second does not grow
-with the clip, and an unbounded one (the encoder's and decoder's) a chunk of queries at a time;
-"masked" computes the whole [t, t] scores under a mask (the reference).
+A bounded attention window (the vocoder's 40 left / 10 right frames) is computed block by block
+(`local_attend`), so a 60 s clip costs per second what a short one does; the [t, t] mask stays as
+the reference (`CodecConfig.attention`).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 
 from mimo_jax import sharding
 from mimo_jax.codec.config import CodecConfig
-from mimo_jax.nn.attention import attend, attention_mask, chunked_attend
+from mimo_jax.nn.attention import attend, attention_mask
 from mimo_jax.nn.norms import layer_norm
 from mimo_jax.nn.params import ParamSpec, stack_specs
 from mimo_jax.nn.rope import apply_rope, rope_tables
@@ -125,28 +124,17 @@ def local_attend(q_btnh: jax.Array, k_btnh: jax.Array, v_btnh: jax.Array,
   return o_xwnh.reshape(b, n_blocks * w, n, h)[:, :t]
 
 
-# Queries per chunk of an unbounded window under "blocked": the scores of a chunk, [n, 128, t], are
-# a few MB where the whole [n, t, t] of the released encoder's 20 heads at 60 s are 720 MB per
-# layer, written and re-read by every pass of the softmax (experiments/results/codec_length.md).
-QUERY_CHUNK = 128
-
-
-def _attention_fn(cfg: CodecConfig, t: int, positions_bt: jax.Array, segment_ids_bt: jax.Array,
+def _attention_fn(cfg: CodecConfig, positions_bt: jax.Array, segment_ids_bt: jax.Array,
                   causal: bool, window: tuple[int, int]):
   """(q, k, v) -> attention output under the stack's window, by `cfg.attention`.
 
-  Under "blocked", a bounded window is computed block by block (`local_attend`); an unbounded
-  one needs every score, which longer stacks than one chunk compute QUERY_CHUNK queries at a time
-  (`chunked_attend`, exact). "masked" computes the whole [t, t] under the mask.
+  A window unbounded on a side the stack can see (left, or right when not causal) needs every
+  score of the [t, t] mask it keeps, so it takes the masked path under either choice.
   """
   left, right = window
   if cfg.attention == "blocked" and left >= 0 and (causal or right >= 0):
     return functools.partial(local_attend, positions_bt=positions_bt,
                              segment_ids_bt=segment_ids_bt, causal=causal, window=window)
-  if cfg.attention == "blocked" and t > QUERY_CHUNK:
-    return functools.partial(chunked_attend, positions_bt=positions_bt,
-                             segment_ids_bt=segment_ids_bt, causal=causal, window=window,
-                             chunk=QUERY_CHUNK)
   mask_bts = attention_mask(positions_bt, positions_bt, segment_ids_bt, segment_ids_bt,
                             causal=causal, window=window)
   return lambda q_btnh, k_btnh, v_btnh: attend(q_btnh, k_btnh, v_btnh, mask_bts)
@@ -168,7 +156,7 @@ def transformer(layers: dict, x_btd: jax.Array, lengths_b: jax.Array, cfg: Codec
   positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   segment_ids_bt = (positions_bt < lengths_b[:, None]).astype(jnp.int32)  # padding: segment 0
   cos_bth, sin_bth = rope_tables(positions_bt, d // n_heads, cfg.rope_theta)
-  attend_fn = _attention_fn(cfg, t, positions_bt, segment_ids_bt, causal, window)
+  attend_fn = _attention_fn(cfg, positions_bt, segment_ids_bt, causal, window)
   skip_id = -1 if skip_layer_id is None else skip_layer_id - 1
 
   def body(carry, xs):

@@ -107,14 +107,13 @@ QUERY_CHUNK = 512
 
 
 def chunked_attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
-                   positions_bt: jax.Array, segment_ids_bt: jax.Array, *, causal: bool,
-                   window: tuple[int, int] | None = None, chunk: int | None = None) -> jax.Array:
-  """`attend` under the `attention_mask` rule, `chunk` (default QUERY_CHUNK) queries at a time
-  (lax.map), each chunk rematerialised in the backward pass: the [b, n, t, s] scores are never
-  held whole, and every query still sees its exact softmax over all keys. Any t (the last chunk
-  is padded)."""
+                   positions_bt: jax.Array, segment_ids_bt: jax.Array, *,
+                   causal: bool) -> jax.Array:
+  """`attend` under the `attention_mask` rule, QUERY_CHUNK queries at a time (lax.map), each
+  chunk rematerialised in the backward pass: the [b, n, t, s] scores are never held whole, and
+  every query still sees its exact softmax over all keys. Any t (the last chunk is padded)."""
   b, t, n, h = q_btnh.shape
-  chunk = min(chunk or QUERY_CHUNK, t)
+  chunk = min(QUERY_CHUNK, t)
   pad = -t % chunk
 
   def chunks(x_bt_):  # [b, t, ...] -> [t / chunk, b, chunk, ...]
@@ -124,8 +123,7 @@ def chunked_attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
   @jax.checkpoint
   def one_chunk(xs):
     q_bcnh, q_pos_bc, q_seg_bc = xs
-    mask_bcs = attention_mask(q_pos_bc, positions_bt, q_seg_bc, segment_ids_bt, causal=causal,
-                              window=window)
+    mask_bcs = attention_mask(q_pos_bc, positions_bt, q_seg_bc, segment_ids_bt, causal=causal)
     return attend(q_bcnh, k_bskh, v_bskh, mask_bcs)
 
   o_xbcnh = jax.lax.map(one_chunk, (chunks(q_btnh), chunks(positions_bt), chunks(segment_ids_bt)))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mimo_jax.codec import layers as layers_lib
-from mimo_jax.nn.attention import attend, attention_mask, chunked_attend
+from mimo_jax.nn.attention import attend, attention_mask
 from tests.codec.common import official_codec
 
 
@@ -65,10 +65,6 @@ def _stack(which: str):
     return (params["decoder"]["vocoder"]["layers"], cfg, cfg.vocoder_dim,
             dict(n_heads=cfg.vocoder_attention_heads, causal=False,
                  window=cfg.vocoder_attn_window_size))
-  if which == "decoder":
-    return (params["decoder"]["layers"], cfg, cfg.d_model,
-            dict(n_heads=cfg.decoder_attention_heads, causal=cfg.decoder_causal,
-                 window=cfg.decoder_attn_window_size))
   return (params["encoder"]["layers"], cfg, cfg.d_model,
           dict(n_heads=cfg.encoder_attention_heads, causal=cfg.encoder_causal,
                window=cfg.encoder_attn_window_size, skip_layer_id=cfg.encoder_skip_layer_id))
@@ -80,18 +76,11 @@ def _padded_rows(lengths: list[int], d: int) -> tuple[jax.Array, jax.Array]:
   return jnp.asarray(x_btd, jnp.float32), jnp.asarray(lengths)
 
 
-@pytest.mark.parametrize("which", ["vocoder", "encoder", "decoder"])
-def test_stack_blocked_equals_masked_and_remat_with_padding_and_gradients(which, monkeypatch):
-  """Each stack over a padded batch whose lengths are not multiples of its blocks: the vocoder's
-  (40, 10) window in blocks of 40, the encoder's and the causal decoder's unbounded windows in
-  query chunks (30 here, so 130 steps make 5 chunks, the last padded). Blocked = masked in values
-  and gradients, remat changes no gradient, and the short row run alone gives its rows of the
-  batch."""
-  monkeypatch.setattr(layers_lib, "QUERY_CHUNK", 30)
-  chunked_calls = []  # the unbounded stacks must take the chunked path, not the mask
-  monkeypatch.setattr(layers_lib, "chunked_attend",
-                      lambda *a, **k: chunked_calls.append(k["chunk"]) or chunked_attend(*a, **k))
-  layers, cfg, d, kw = _stack(which)
+def test_vocoder_stack_blocked_equals_masked_and_remat_with_padding_and_gradients():
+  """The vocoder's (40, 10) window over a padded batch whose lengths are not multiples of the
+  block (40): blocked = masked in values and gradients, remat changes no gradient, and the short
+  row run alone gives its rows of the batch."""
+  layers, cfg, d, kw = _stack("vocoder")
   x_btd, lengths_b = _padded_rows([130, 57], d)
   valid_bt1 = layers_lib.valid_mask(lengths_b, x_btd.shape[1])
 
@@ -105,7 +94,6 @@ def test_stack_blocked_equals_masked_and_remat_with_padding_and_gradients(which,
             for changes in ({"attention": "masked"}, {}, {"remat": True})]
 
   results = outputs_and_grads(layers, x_btd)
-  assert chunked_calls == ([] if which == "vocoder" else [30, 30])  # blocked, then remat
   (_, y_masked), g_masked = results[0]
   for (_, y_btd), g in results[1:]:
     np.testing.assert_allclose(y_btd, y_masked, rtol=0, atol=1e-5)
