@@ -44,6 +44,7 @@ from mimo_jax.data import templates
 
 # Skip reasons owned by the sources; the audio and text checks add theirs (see pretokenize).
 MALFORMED_LINE = "malformed_manifest_line"
+CONVERSATION = "conversation_not_utterance"
 
 # Examples of each skip reason kept for the report (the counts are always complete).
 EXAMPLES_PER_REASON = 20
@@ -293,6 +294,16 @@ def _walk(folder: epath.Path):
 def _libri_record(utt: str, audio: str, text: str) -> Record:
   speaker = utt.replace("_", "-").split("-")[0]
   return Record(key=utt, audio=audio, text=normalize_text(text), speaker=speaker, language="en")
+
+
+def utterances(records: list[Record], skips: Skips) -> list[Record]:
+  """The utterances of `records`, for the readers of single clips (codec training, evaluation);
+  each SFT conversation among them is counted in `skips`, never dropped silently."""
+  for record in records:
+    if record.messages:
+      skips.add(CONVERSATION, record.key, "an SFT conversation (`messages`) where single "
+                "utterances are read")
+  return [record for record in records if not record.messages]
 
 
 def read_source(path: str, skips: Skips) -> list[Record]:

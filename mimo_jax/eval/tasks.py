@@ -104,7 +104,7 @@ class Skip(Exception):
 
 def _records(path: str, skips: Skips) -> list[dict]:
   return [{"id": r.key, "audio": r.audio, "text": r.text, "language": r.language}
-          for r in manifest.read_source(path, skips)]
+          for r in manifest.utterances(manifest.read_source(path, skips), skips)]
 
 
 def read_tts(path: str, skips: Skips) -> list[dict]:

@@ -74,7 +74,7 @@ def usable_records(path: str,
   without a duration are checked when loaded)."""
   skips = manifest.Skips()
   records = []
-  for record in manifest.read_manifest(path, skips):
+  for record in manifest.utterances(manifest.read_manifest(path, skips), skips):
     seconds = record.duration
     if seconds is not None and not limits.min_seconds <= seconds <= limits.max_seconds:
       skips.add(data_audio.TOO_SHORT if seconds < limits.min_seconds else data_audio.TOO_LONG,

@@ -140,14 +140,17 @@ def test_stage2_keeps_encoder_and_rvq_bit_identical(full_run, manifest, tmp_path
 
 
 def test_data_skips_unusable_clips_and_pads_short_ones(manifest, tmp_path):
-  """Manifest durations outside the limits are dropped up front; unreadable files are counted at
-  load time; a clip shorter than the crop is zero-padded with its valid length."""
+  """Manifest durations outside the limits and conversation lines are dropped up front, counted;
+  unreadable files are counted at load time; a clip shorter than the crop is zero-padded with its
+  valid length."""
   folder = os.path.dirname(manifest)
   with open(manifest) as f:
     good = [json.loads(line) for line in f][:2]
   (tmp_path / "broken.wav").write_text("not audio")
   lines = good + [{"audio": str(tmp_path / "broken.wav"), "text": "x"},
-                  {"audio": os.path.join(folder, good[0]["audio"]), "duration": 0.1}]
+                  {"audio": os.path.join(folder, good[0]["audio"]), "duration": 0.1},
+                  {"messages": [{"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": "hello"}]}]
   for line in good:
     line["audio"] = os.path.join(folder, line["audio"])
   path = tmp_path / "manifest.jsonl"
@@ -155,7 +158,8 @@ def test_data_skips_unusable_clips_and_pads_short_ones(manifest, tmp_path):
   config = _config(str(path))
   limits = data_audio.AudioLimits(min_seconds=0.3, max_seconds=60.0)
   records, skips = codec_data.usable_records(str(path), limits)
-  assert len(records) == 3 and skips.counts == {"too_short": 1, "malformed_manifest_line": 1}
+  assert len(records) == 3 and skips.counts == {"too_short": 1, "malformed_manifest_line": 1,
+                                                "conversation_not_utterance": 1}
   cfg = codec_train.codec_from(config)
   crop = 5 * cfg.samples_per_frame * 24  # longer than every clip (~3 s): all get padded
   loader = codec_data.LoadCrop(cfg, crop, limits, len(records))

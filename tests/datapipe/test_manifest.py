@@ -87,6 +87,10 @@ def test_captions_and_sft_conversations_parse(tmp_path):
   assert dialogue.audio_paths == [str(tmp_path / n) for n in ("v.wav",)] + ["/abs/q.wav",
                                                                           str(tmp_path / "a.wav")]
   assert plain.task == "chat" and plain.audio_paths == []
+  # Readers of single clips keep the utterance and count each conversation.
+  assert manifest.utterances([utterance, dialogue, plain], skips) == [utterance]
+  assert skips.counts == {manifest.CONVERSATION: 2}
+  assert [e["item"] for e in skips.examples[manifest.CONVERSATION]] == [dialogue.key, plain.key]
 
 
 @pytest.mark.parametrize("line, message", [

@@ -11,7 +11,7 @@ from absl import flags
 
 from mimo_jax import evaluate, inference
 from mimo_jax.codec import config as codec_config
-from mimo_jax.data import corpus
+from mimo_jax.data import corpus, manifest
 from mimo_jax.eval import store, tasks
 from mimo_jax.lm import sampling
 from mimo_jax.train.checkpoint import Checkpointer
@@ -229,3 +229,16 @@ def test_full_evaluate_run_writes_its_table(run_dir, clips, official_tiny_lm_dir
                "| asr | wer.macro |", "| codec | pesq_wb.mean |"):
     assert line in table, line
   assert (folder / "tts" / "hist_open_wer.png").exists()
+
+
+def test_a_conversation_line_is_counted_where_clips_are_read(tmp_path):
+  """ASR and TTS items come from utterances; an SFT conversation in their manifest is counted
+  by reason, not read as a clip without audio."""
+  path = tmp_path / "mixed.jsonl"
+  manifest.write_manifest([{"audio": "a.wav", "text": "one"}, {"audio": "b.wav", "text": "two"},
+                           {"messages": [{"role": "user", "content": "hi"},
+                                         {"role": "assistant", "content": "hello"}]}], str(path))
+  for task in ("asr", "tts"):
+    data = evaluate.read_task(task, str(path), None, 0)
+    assert [item["text"] for item in data.items] == ["one", "two"]
+    assert data.skips.counts == {manifest.CONVERSATION: 1}
