@@ -30,28 +30,38 @@ shared: each call records the CPU-seconds other processes took meanwhile (benchl
 are over clean calls when there are at least 2 (else over all, flagged).
 Results go to experiments/results/generate.{json,md}.
 
+With --official_src (a clone of github.com/XiaomiMiMo/MiMo-Audio) and --official_python (an
+interpreter with torch and the transformers 4.49 it pins), the batch-1 rows are also timed in the
+official code (`MiMoAudioForCausalLM.generate`, official_generate.py in a subprocess), round by
+round with ours, on the same weights, prompt, scripted text channel and audio sampler.
+
   python experiments/bench/generate.py [--models tiny,1b --steps 64 --repeats 3]
+      [--official_src DIR --official_python PYTHON]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchlib import is_clean, machine_info, timed_call, write_results
+from benchlib import (cpu_seconds, is_clean, load_since, machine_info, time_interleaved,
+                      timed_call, write_results)
 from mimo_jax import config
 from mimo_jax.codec import streaming
 from mimo_jax.codec.checkpoint import import_codec
+from mimo_jax.convert.hf import export_checkpoint
 from mimo_jax.lm import generate as gen
 from mimo_jax.lm import flops, model
 from mimo_jax.lm.sampling import PRESETS, SamplerConfig
@@ -93,7 +103,13 @@ def random_params(cfg) -> dict:
       x *= HEAD_SCALE
     return jnp.asarray(x + (1.0 if spec.init == "ones" else 0.0))
 
-  return jax.tree_util.tree_map_with_path(draw, model.param_specs(cfg), is_leaf=is_spec)
+  params = jax.tree_util.tree_map_with_path(draw, model.param_specs(cfg), is_leaf=is_spec)
+  # The `<|empty|>` code never wins a patch-decoder head (its column is zero): a trained model
+  # does not put a whole top-p nucleus on it, which the official sampler (filter first, then
+  # remove the empty code) turns into an all -inf draw.
+  for head, empty in zip(params["local_transformer_lm_heads"], cfg.speech_zeroemb_idx):
+    head["kernel"] = head["kernel"].at[:, empty].set(0.0)
+  return params
 
 
 def n_params(params) -> int:
@@ -168,6 +184,67 @@ def time_to_first_audio(params, cfg, codec, steps: int, chunk_steps: int = 5) ->
   raise RuntimeError("no audio")
 
 
+@contextlib.contextmanager
+def official_runner(params, cfg, src: str, python: str, steps: int, mode: str):
+  """One batch-1 generation by the official code per call (experiments/bench/
+  official_generate.py under `python`, the official environment, reading the official sources
+  at `src`), on the same weights (exported to the official layout), prompt, scripted text channel
+  and audio sampler as ours. Yields (call, the child's torch version and threads); the child's
+  CPU-seconds count as the call's own, not as other load."""
+  with tempfile.TemporaryDirectory(prefix="official_lm_") as folder:
+    export_checkpoint(params, cfg, folder)
+    request = requests(cfg, 1, steps, mode)[0]
+    np.save(os.path.join(folder, "prompt.npy"), request.prompt_kl)
+    audio = request.audio
+    child = subprocess.Popen(
+        [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "official_generate.py"),
+         f"--src={src}", f"--model_dir={folder}", f"--prompt={folder}/prompt.npy",
+         f"--steps={steps}", f"--text_token={EMPTY if mode == 'audio' else TEXT_TOKEN}",
+         f"--empty_id={EMPTY}", f"--temperature={audio.temperature}", f"--top_k={audio.top_k}",
+         f"--top_p={audio.top_p}", *(["--greedy"] if audio.greedy else [])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def call() -> dict:
+      before = cpu_seconds()
+      child.stdin.write("go\n")
+      child.stdin.flush()
+      timing = _reply(child)
+      load = load_since(before)
+      return {**timing, "own_cpu_s": load["own_cpu_s"] + timing["child_cpu_s"],
+              "others_cpu_s": max(0.0, load["others_cpu_s"] - timing["child_cpu_s"])}
+
+    try:
+      ready = _reply(child)
+      yield call, {"torch": ready["torch"], "torch_threads": ready["threads"]}
+    finally:
+      child.stdin.close()  # the child ends at the end of its input
+      child.wait()
+
+
+def _reply(child: subprocess.Popen) -> dict:
+  line = child.stdout.readline()
+  if not line:  # its traceback went to our stderr
+    raise RuntimeError(f"official_generate.py exited ({child.wait()}) without a reply")
+  return json.loads(line)
+
+
+def official_row(name: str, mode: str, steps: int, first_call_s: float, records: list[dict],
+                 cores: int) -> dict:
+  """A batch-1 row of the official code: its first step (prefill and first patch) is its
+  prefill, so its decode is steps - 1 steps."""
+  decode_s, clean = median(records, "decode_s", cores)
+  prefill_s, _ = median(records, "prefill_s", cores)
+  row = {"model": name, "code": "official", "batch": 1, "mode": mode, "steps": steps,
+         "prompt_positions": PROMPT_POSITIONS, "first_call_s": first_call_s,
+         "prefill_s": prefill_s, "decode_s": decode_s, "steps_per_s": (steps - 1) / decode_s,
+         "tokens_per_s": (steps - 1) / decode_s, "clean": clean, "calls": records}
+  if mode == "audio":
+    row["rtf_audio"] = steps * PATCH_SECONDS / (prefill_s + decode_s)
+  print(f"  official batch 1 {mode:5s}: {row['steps_per_s']:8.1f} steps/s"
+        f"{'' if clean else ' [contended]'}")
+  return row
+
+
 def median(records: list[dict], key: str, cores: int) -> tuple[float, bool]:
   clean = [r[key] for r in records if is_clean(r, cores)]
   use = clean if len(clean) >= 2 else [r[key] for r in records]
@@ -175,7 +252,8 @@ def median(records: list[dict], key: str, cores: int) -> tuple[float, bool]:
 
 
 def bench_model(name: str, steps: int, repeats: int, cores: int, codec,
-                batches: tuple[int, ...] = ()) -> list[dict]:
+                batches: tuple[int, ...] = (), official: tuple[str, str] | None = None
+                ) -> list[dict]:
   make, default_batches = MODELS[name]
   batches = batches or default_batches
   cfg = make()
@@ -189,8 +267,19 @@ def bench_model(name: str, steps: int, repeats: int, cores: int, codec,
       t = time.perf_counter()
       run_once(params, cfg, packed, steps)
       compile_s = time.perf_counter() - t
-      records = [timed_call(lambda: run_once(params, cfg, packed, steps))
-                 for _ in range(repeats)]
+      calls = {"ours": lambda: run_once(params, cfg, packed, steps)}
+      with contextlib.ExitStack() as stack:
+        if official and batch == 1:  # the official loop runs one request at a time
+          calls["official"], versions = stack.enter_context(
+              official_runner(params, cfg, *official, steps, mode))
+          t = time.perf_counter()
+          calls["official"]()
+          official_first_s = time.perf_counter() - t
+        timed = time_interleaved(calls, 0, repeats, cores)
+      records = timed["ours"]
+      if "official" in timed:
+        rows.append({**official_row(name, mode, steps, official_first_s, timed["official"],
+                                    cores), **versions})
       decode_s, clean = median(records, "decode_s", cores)
       prefill_s, _ = median(records, "prefill_s", cores)
       row = {"model": name, "params_m": n_params(params) / 1e6, "batch": batch, "mode": mode,
@@ -241,9 +330,35 @@ def copy_bandwidth_gbs(mb: int = 256, repeats: int = 3) -> float:
   return 2 * src.nbytes / best / 1e9
 
 
+def ours_by_key(rows: list[dict]) -> dict:
+  """Our throughput rows by (model, batch, mode)."""
+  return {(r["model"], r["batch"], r["mode"]): r for r in rows
+          if "steps_per_s" in r and r.get("code", "ours") == "ours"}
+
+
+def official_ratios(rows: list[dict]) -> list[str]:
+  """Ours against the official code: at batch 1 (the same rounds, interleaved), and our largest
+  batch's aggregate tokens/s against the official loop's, which serves one request at a time."""
+  ours = ours_by_key(rows)
+  lines = []
+  for r in rows:
+    if r.get("code") != "official" or (r["model"], 1, r["mode"]) not in ours:
+      continue
+    mine = ours[(r["model"], 1, r["mode"])]
+    lines.append(f"- {r['model']} {r['mode']}, batch 1: ours {mine['steps_per_s']:.1f} vs official "
+                 f"{r['steps_per_s']:.1f} steps/s: **{mine['steps_per_s'] / r['steps_per_s']:.2f}x**")
+    widest = max((m for m in ours.values() if (m["model"], m["mode"]) == (r["model"], r["mode"])),
+                 key=lambda m: m["batch"])
+    if widest["batch"] > 1:
+      lines.append(f"- {r['model']} {r['mode']}, ours at batch {widest['batch']}: "
+                   f"{widest['tokens_per_s']:.1f} tokens/s vs the official "
+                   f"{r['tokens_per_s']:.1f}: **{widest['tokens_per_s'] / r['tokens_per_s']:.1f}x**")
+  return lines
+
+
 def ratios(rows: list[dict]) -> list[str]:
   """Audio step time / text step time beside the FLOP ratio, per model and batch."""
-  by_key = {(r["model"], r["batch"], r["mode"]): r for r in rows if "steps_per_s" in r}
+  by_key = ours_by_key(rows)
   lines = []
   for (name, batch, mode), audio in by_key.items():
     text = by_key.get((name, batch, "text"))
@@ -268,13 +383,14 @@ def markdown(report: dict) -> str:
            f"{report['loadavg_start']}, at the end {report['loadavg_end']} (the machine is shared "
            f"with other work: rows marked 'contended' had fewer than 2 clean calls). One-core "
            f"copy bandwidth {report.get('copy_gb_per_s', float('nan')):.1f} GB/s.", "",
-           "| model | batch | steps | steps/s/row | tokens/s | RTF (LM) | prefill s | "
+           "| model | code | batch | steps | steps/s/row | tokens/s | RTF (LM) | prefill s | "
            "first call s | GFLOP/step | GFLOP/s | weight MB/step | weight GB/s | clean |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in report["rows"]:
     if r["mode"] == "time_to_first_audio":
       continue
-    lines.append(f"| {r['model']} | {r['batch']} | {r['steps']} {r['mode']} | "
+    lines.append(f"| {r['model']} | {r.get('code', 'ours')} | {r['batch']} | "
+                 f"{r['steps']} {r['mode']} | "
                  f"{r['steps_per_s']:.1f} | {r['tokens_per_s']:.1f} | "
                  f"{r.get('rtf_audio', float('nan')):.2f} | {r['prefill_s']:.3f} | "
                  f"{r['first_call_s']:.1f} | {r.get('step_gflop', float('nan')):.4f} | "
@@ -284,6 +400,14 @@ def markdown(report: dict) -> str:
                  f"{'yes' if r['clean'] else 'no'} |")
   lines += ["", "Audio step / text step (time from the table; FLOPs and weight bytes analytic, "
             "`step_cost`):", "", *ratios(report["rows"])]
+  if any(r.get("code") == "official" for r in report["rows"]):
+    lines += ["", "Against the official code (`official` rows: `MiMoAudioForCausalLM.generate`, "
+              "float32, its torch version and threads in the json, the same weights, prompt, "
+              "scripted text and audio sampler; timed in the same rounds as our batch-1 rows, "
+              "interleaved; our larger batches ran minutes later in the same process; its first "
+              "step, with the prefill, is its prefill column, so its steps/s are of the other "
+              "steps - 1):", "",
+              *official_ratios(report["rows"])]
   lines += ["", "Time to first audio (batch 1, 5 LLM steps per chunk, official streaming "
             "windows, tiny codec):", ""]
   for r in report["rows"]:
@@ -305,7 +429,16 @@ def main():
   parser.add_argument("--steps", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--batches", default="", help="Comma list overriding each model's batches.")
+  parser.add_argument("--official_src", default=None,
+                      help="A clone of github.com/XiaomiMiMo/MiMo-Audio: also time its generation "
+                      "at batch 1 (experiments/bench/official_generate.py).")
+  parser.add_argument("--official_python", default=None,
+                      help="With --official_src: the interpreter of the official environment "
+                      "(torch, transformers==4.49.0 as its requirements.txt pins).")
   args = parser.parse_args()
+  if bool(args.official_src) != bool(args.official_python):
+    parser.error("--official_src and --official_python go together")
+  official = (args.official_src, args.official_python) if args.official_src else None
   cores = len(os.sched_getaffinity(0))
   loadavg_start = os.getloadavg()
   copy_gbs = copy_bandwidth_gbs()
@@ -314,7 +447,7 @@ def main():
   rows = []
   for name in names:
     rows += bench_model(name, args.steps, args.repeats, cores, codec,
-                        tuple(int(b) for b in args.batches.split(",") if b))
+                        tuple(int(b) for b in args.batches.split(",") if b), official)
   # Read at the end, so that runs of different models side by side keep each other's rows.
   rows = [r for r in previous_rows() if r["model"] not in names] + rows
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
