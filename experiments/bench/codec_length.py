@@ -9,7 +9,7 @@ decode (causal full-attention decoder + the vocoder's (40, 10) window) is timed 
 RTF = call time / audio duration; the cost ratio is RTF(longest) / RTF(shortest) (goal <= 1.2).
 Every shape is compiled ahead of time before the timed rounds (`compile_only`); --warmup adds
 untimed executed rounds. The machine is shared: each call records the CPU-seconds other processes took meanwhile and the 1-minute load average.
-Results: experiments/results/codec_length.{json,md}.
+Results: experiments/results/codec_length.{json,md} (float32) or codec_length_<dtype>.{json,md}.
 
   python experiments/bench/codec_length.py [--seconds 10,30,60 --repeats 1 --dtype float32]
 """
@@ -203,7 +203,8 @@ def main():
           "machine": benchlib.machine_info(), "jax": jax.__version__,
           "backend": jax.default_backend(), "uptime_before": uptime_before,
           "args": {**vars(args), "seconds": seconds}}
-  path = os.path.join(RESULTS_DIR, "codec_length.json")
+  name = "codec_length" if args.dtype == "float32" else f"codec_length_{args.dtype}"
+  path = os.path.join(RESULTS_DIR, f"{name}.json")
   results = {}
   if args.keep and os.path.exists(path):  # durations not run this time keep their rows (dated)
     with open(path) as f:
@@ -223,7 +224,7 @@ def main():
               "flops_ratio": flops_per_second_ratios(cfgs["blocked"], done),
               "uptime_after": os.popen("uptime").read().strip()}
     print(markdown(report))
-    benchlib.write_results(report, markdown(report), RESULTS_DIR, "codec_length")
+    benchlib.write_results(report, markdown(report), RESULTS_DIR, name)
 
 if __name__ == "__main__":
   main()
