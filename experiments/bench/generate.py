@@ -56,8 +56,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchlib import (cpu_seconds, is_clean, load_since, machine_info, time_interleaved,
-                      timed_call, write_results)
+from benchlib import (CLEAN_SHARE, cpu_seconds, is_clean, load_since, machine_info,
+                      time_interleaved, timed_call, write_results)
 from mimo_jax import config
 from mimo_jax.codec import streaming
 from mimo_jax.codec.checkpoint import import_codec
@@ -374,6 +374,7 @@ def ratios(rows: list[dict]) -> list[str]:
 
 def markdown(report: dict) -> str:
   machine = report["machine"]
+  tick_hz = os.sysconf("SC_CLK_TCK")
   avx512 = ", AVX-512" if "avx512f" in machine["simd_flags"] else ""
   lines = [f"# Generation on CPU ({report['date']}; rows of models not rerun are kept from "
            f"earlier runs, each with its own load note in the json)", "",
@@ -381,7 +382,9 @@ def markdown(report: dict) -> str:
            f"Machine: {machine['cpu_model']} ({machine['cpu_family_model']}{avx512}), "
            f"{machine['cores_usable']} usable cores; load average at the start "
            f"{report['loadavg_start']}, at the end {report['loadavg_end']} (the machine is shared "
-           f"with other work: rows marked 'contended' had fewer than 2 clean calls). One-core "
+           f"with other work: rows marked 'contended' had fewer than 2 clean calls; /proc/stat "
+           f"counts other work in ticks of {1000 // tick_hz} ms, so one tick marks any call "
+           f"under {1 / (tick_hz * CLEAN_SHARE * machine['cores_usable']):.2f} s). One-core "
            f"copy bandwidth {report.get('copy_gb_per_s', float('nan')):.1f} GB/s.", "",
            "| model | code | batch | steps | steps/s/row | tokens/s | RTF (LM) | prefill s | "
            "first call s | GFLOP/step | GFLOP/s | weight MB/step | weight GB/s | clean |",
