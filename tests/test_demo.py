@@ -6,9 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import soundfile
+from absl import flags
+from ml_collections import config_flags
 
+from mimo_jax import demo
 from mimo_jax.eval import store
+from mimo_jax.train import config as train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,3 +60,19 @@ def test_demo_runs_every_stage_and_is_judged(tmp_path):
   for row in rows:
     assert row["seconds"] > 0 and 1 / 3 < row["duration_ratio"] < 3, row
     assert soundfile.info(row["audio"]).samplerate == 24000
+
+
+@pytest.mark.parametrize("name", sorted(demo.RECIPES))
+def test_each_recipes_phase_changes_make_a_valid_lm_config(name):
+  """A misspelt field, an unknown task or a bad value in a recipe's phase changes fails here,
+  not after the recipe's earlier stages have run for an hour."""
+  recipe = demo.RECIPES[name]
+  for phase, changes in (("understanding", recipe.phase1_config),
+                         ("generation", recipe.phase2_config)):
+    argv = ["demo", f"--config={ROOT}/experiments/configs/demo.py",
+            f"--config.train.phase={phase}", "--config.data.path=shards",
+            *[f"--config.{change}" for change in changes]]
+    values = flags.FlagValues()  # the overrides are parsed as `python -m mimo_jax.train` does
+    config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+    values(argv)
+    train_config.validate(values.config)
