@@ -49,8 +49,8 @@ class Recipe:
   with the training clips and sentences evaluated (memorisation); otherwise that many sentences
   of `data.sentence_grammar`, of which `held_out_sentences` and the `held_out_speakers` voices
   are never trained on and are what is evaluated. `phase1_config`, `phase2_config`: each phase's
-  changes to the LM config (`key=value` under `--config.`). `tts_audio_temperature`: the TTS evaluation's audio
-  sampler (None: the official preset; 0: greedy)."""
+  changes to the LM config (`key=value` under `--config.`). `tts_audio_temperature`: the TTS
+  evaluation's audio sampler (None: the official preset; 0: greedy)."""
 
   utterances: int
   codec_steps: int
@@ -98,8 +98,9 @@ RECIPES = {
                    phase2_config=PHASE2_FOCUS),
     # 2400 codec steps: the closed-set judge names 45 of the 48 held-out clips through the codec,
     # against 20 of 48 after 800 steps (espeak-ng originals: 45-46, learning.md). Held-out ASR
-    # gains from both data and steps: ASR alone for 3,000 steps reached WER 0.57 on 2,000
-    # utterances and 0.41 on 6,000, and 0.46 after 6,000 steps on 2,000 (learning.md).
+    # gains from both utterances and steps: ASR alone for 3,000 steps reached WER 0.57 on 2,000
+    # utterances and 0.41 on 6,000, and 6,000 steps 0.46 and 0.26; this recipe 0.23 in 61 min on
+    # a Zen 4 box (learning.md).
     "learn": Recipe(utterances=10000, codec_steps=2400, phase1_steps=8000, phase2_steps=3000,
                     eval_items=48, max_new=96, grammar_sentences=10100,
                     held_out_sentences=100, held_out_speakers=("en_us_f2", "en_ca_m4"),
