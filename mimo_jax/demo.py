@@ -105,8 +105,8 @@ RECIPES = {
     # 2400 codec steps: the closed-set judge names 45 of the 48 held-out clips through the codec,
     # against 20 of 48 after 800 steps (espeak-ng originals: 45-46, learning.md). Held-out ASR
     # gains from both utterances and steps: ASR alone for 3,000 steps reached WER 0.57 on 2,000
-    # utterances and 0.41 on 6,000, and 6,000 steps 0.46 and 0.26; this recipe 0.23 in 61 min on
-    # a Zen 4 box (learning.md).
+    # utterances and 0.41 on 6,000, and 6,000 steps 0.46 and 0.26. With PHASE2_FOCUS this recipe
+    # reached 0.23 in 61 min on a Zen 4 box; PHASE2_LEARN from its phase 1 0.20 (learning.md).
     "learn": Recipe(utterances=10000, codec_steps=2400, phase1_steps=8000, phase2_steps=3000,
                     eval_items=48, max_new=96, grammar_sentences=10100,
                     held_out_sentences=100, held_out_speakers=("en_us_f2", "en_ca_m4"),
@@ -145,6 +145,11 @@ def define_flags() -> None:
 # The codec: 8 RVQ stages as the LM reads, with small codebooks (the sizes the LM config
 # declares).
 CODEBOOK_SIZES = "(64,64,32,32,32,32,32,32)"
+
+
+def config_overrides(changes: tuple[str, ...]) -> list[str]:
+  """A recipe's `key=value` config changes as `python -m mimo_jax.train` flags."""
+  return [f"--config.{change}" for change in changes]
 
 
 PROGRESS_EVERY = 30.0  # seconds between progress lines of a running stage
@@ -325,13 +330,12 @@ def main(argv):
       f"--tokenizer={tokenizer}", f"--output={shards}"], workdir)
   seconds["phase1"] = _run_stage("phase1", [
       "mimo_jax.train", *lm_flags, "--config.train.phase=understanding",
-      f"--config.train.steps={phase1_steps}",
-      *[f"--config.{change}" for change in recipe.phase1_config],
+      f"--config.train.steps={phase1_steps}", *config_overrides(recipe.phase1_config),
       f"--workdir={runs['phase1']}"], workdir)
   seconds["phase2"] = _run_stage("phase2", [
       "mimo_jax.train", *lm_flags, "--config.train.phase=generation",
       f"--config.train.steps={phase2_steps}", f"--init_from={runs['phase1']}",
-      *[f"--config.{change}" for change in recipe.phase2_config],
+      *config_overrides(recipe.phase2_config),
       f"--workdir={runs['phase2']}"], workdir)
   evaluated = {"trained": runs["phase2"]}
   if recipe.baselines:

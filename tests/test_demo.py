@@ -71,7 +71,7 @@ def test_each_recipes_phase_changes_make_a_valid_lm_config(name):
                          ("generation", recipe.phase2_config)):
     argv = ["demo", f"--config={ROOT}/experiments/configs/demo.py",
             f"--config.train.phase={phase}", "--config.data.path=shards",
-            *[f"--config.{change}" for change in changes]]
+            *demo.config_overrides(changes)]
     values = flags.FlagValues()  # the overrides are parsed as `python -m mimo_jax.train` does
     config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
     values(argv)
