@@ -12,6 +12,7 @@ a corpus of a hundred utterances takes seconds.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -126,16 +127,22 @@ def build_corpus(output: str, num_utterances: int, seed: int = 0,
                         f"{sentences_path}, {len(voices[lang])} voices; need both")
   rng = np.random.default_rng(seed)
   os.makedirs(os.path.join(output, "wavs"), exist_ok=True)
-  lines = []
+  chosen = []  # drawn in order first, so the corpus does not depend on the threads' timing
   for i in range(num_utterances):
     lang = languages[rng.integers(len(languages))]
     text = by_language[lang][rng.integers(len(by_language[lang]))]
     voice = voices[lang][rng.integers(len(voices[lang]))]
+    chosen.append((f"wavs/utt_{i:05d}.wav", text, voice))
+
+  def speak(audio: str, text: str, voice: Voice) -> dict:
     wav_n = synthesize(text, voice, sample_rate)
-    audio = f"wavs/utt_{i:05d}.wav"
     soundfile.write(os.path.join(output, audio), wav_n, sample_rate, subtype="PCM_16")
-    lines.append({"audio": audio, "text": text, "speaker": voice.speaker, "language": lang,
-                  "duration": round(len(wav_n) / sample_rate, 4)})
+    return {"audio": audio, "text": text, "speaker": voice.speaker, "language": voice.language,
+            "duration": round(len(wav_n) / sample_rate, 4)}
+
+  # Each espeak-ng call is its own process: one thread per core keeps every core speaking.
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+    lines = list(pool.map(speak, *zip(*chosen)))
   manifest = os.path.join(output, MANIFEST)
   # Written last and atomically: a manifest on disk always lists only finished wav files.
   with open(manifest + ".tmp", "w", encoding="utf-8") as f:
