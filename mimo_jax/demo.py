@@ -105,9 +105,10 @@ RECIPES = {
     # 2400 codec steps: the closed-set judge names 45 of the 48 held-out clips through the codec,
     # against 20 of 48 after 800 steps (espeak-ng originals: 45-46, learning.md). Held-out ASR
     # gains from both utterances and steps: ASR alone for 3,000 steps reached WER 0.57 on 2,000
-    # utterances and 0.41 on 6,000, and 6,000 steps 0.46 and 0.26. With PHASE2_FOCUS this recipe
-    # reached 0.23 in 61 min on a Zen 4 box; PHASE2_LEARN from its phase 1 0.20 (learning.md).
-    "learn": Recipe(utterances=10000, codec_steps=2400, phase1_steps=8000, phase2_steps=3000,
+    # utterances and 0.41 on 6,000, and 6,000 steps 0.46 and 0.26. From this phase 1, 3,000
+    # steps of PHASE2_LEARN gave ASR 0.20 and TTS 22 of 48, 4,500 steps 0.26 and 33 of 48
+    # (learning.md).
+    "learn": Recipe(utterances=10000, codec_steps=2400, phase1_steps=8000, phase2_steps=4500,
                     eval_items=48, max_new=96, grammar_sentences=10100,
                     held_out_sentences=100, held_out_speakers=("en_us_f2", "en_ca_m4"),
                     baselines=True, tts_audio_temperature=0.0, phase1_config=PHASE1_ASR,
