@@ -15,6 +15,7 @@ import sys
 from absl import app, flags
 
 from mimo_jax.data.corpus import SENTENCES, VOICES, CorpusError, build_corpus
+from mimo_jax.data.progress import Progress
 
 
 def define_flags() -> None:
@@ -33,7 +34,7 @@ def run(output: str, num_utterances: int, seed: int, languages: tuple[str, ...],
   """Builds the corpus and prints a summary; returns the exit status."""
   try:
     manifest = build_corpus(output, num_utterances, seed, languages, sentences_path=sentences,
-                            speakers=speakers)
+                            speakers=speakers, progress=Progress(num_utterances))
   except (CorpusError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

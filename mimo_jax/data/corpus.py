@@ -25,6 +25,7 @@ import numpy as np
 import soundfile
 
 from mimo_jax.codec.resample import resample
+from mimo_jax.data.progress import Progress
 
 SENTENCES = os.path.join(os.path.dirname(__file__), "sentences.txt")
 SAMPLE_RATE = 24000
@@ -103,12 +104,14 @@ def synthesize(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE) -> np.nd
 
 def build_corpus(output: str, num_utterances: int, seed: int = 0,
                  languages: Sequence[str] = ("en", "zh"), sample_rate: int = SAMPLE_RATE,
-                 sentences_path: str = SENTENCES, speakers: Sequence[str] = ()) -> str:
+                 sentences_path: str = SENTENCES, speakers: Sequence[str] = (),
+                 progress: Progress | None = None) -> str:
   """Synthesises `num_utterances` utterances into `output`; returns the manifest's path.
 
   Utterance i: a language drawn uniformly from `languages`, then a sentence and a voice of that
   language, all from `np.random.default_rng(seed)`. `speakers` limits the voices to those
-  named (e.g. to hold some out; default: all). Each manifest line holds `audio`
+  named (e.g. to hold some out; default: all); `progress` is told of each utterance made. Each
+  manifest line holds `audio`
   ("wavs/utt_00000.wav"), `text`, `speaker`, `language` and `duration` (seconds).
   """
   if num_utterances < 1:
@@ -141,8 +144,12 @@ def build_corpus(output: str, num_utterances: int, seed: int = 0,
             "duration": round(len(wav_n) / sample_rate, 4)}
 
   # Each espeak-ng call is its own process: one thread per core keeps every core speaking.
+  lines = []
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-    lines = list(pool.map(speak, *zip(*chosen)))
+    for line in pool.map(speak, *zip(*chosen)):
+      lines.append(line)
+      if progress is not None:
+        progress.update(1, line["duration"])
   manifest = os.path.join(output, MANIFEST)
   # Written last and atomically: a manifest on disk always lists only finished wav files.
   with open(manifest + ".tmp", "w", encoding="utf-8") as f:

@@ -111,6 +111,7 @@ def test_cli(tmp_path):
                       check=False)
   assert ok.returncode == 0, ok.stderr
   assert "2 utterances" in ok.stdout and len(_lines(tmp_path / corpus.MANIFEST)) == 2
+  assert "files 2/2" in ok.stdout and "ETA" in ok.stdout  # the progress line of the last file
 
 
 
