@@ -111,8 +111,8 @@ def build_corpus(output: str, num_utterances: int, seed: int = 0,
   Utterance i: a language drawn uniformly from `languages`, then a sentence and a voice of that
   language, all from `np.random.default_rng(seed)`. `speakers` limits the voices to those
   named (e.g. to hold some out; default: all); `progress` is told of each utterance made. Each
-  manifest line holds `audio`
-  ("wavs/utt_00000.wav"), `text`, `speaker`, `language` and `duration` (seconds).
+  manifest line holds `audio` ("wavs/utt_00000.wav"), `text`, `speaker`, `language` and
+  `duration` (seconds).
   """
   if num_utterances < 1:
     raise CorpusError(f"num_utterances must be >= 1, got {num_utterances}")
